@@ -1,0 +1,115 @@
+"""Per-band statistics accumulated over many chips, in Esri's ``BandStatsState`` form.
+
+ArcGIS stores, per band, ``Min``, ``Max``, ``M1`` (mean), ``M2`` (sum of squared
+deviations from the mean) and ``Num`` (pixel count): the state of Welford's
+online algorithm, so that statistics of many chips (or of several exports)
+combine exactly with Chan et al.'s parallel update, without holding the pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geolearn.errors import BandMismatchError
+
+__all__ = ["BandStats"]
+
+
+@dataclass
+class BandStats:
+    """Running per-band min, max, mean and sum of squared deviations.
+
+    Attributes:
+        n_bands: number of bands.
+        minimum, maximum, mean, m2: ``float64[n_bands]``.
+        count: ``int64[n_bands]`` pixels seen per band.
+
+    Example:
+        >>> stats = BandStats(3)
+        >>> stats.update(np.ones((3, 4, 4)))
+        >>> stats.mean.tolist(), stats.std.tolist()
+        ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+    """
+
+    n_bands: int
+    minimum: np.ndarray = field(init=False)
+    maximum: np.ndarray = field(init=False)
+    mean: np.ndarray = field(init=False)
+    m2: np.ndarray = field(init=False)
+    count: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.minimum = np.full(self.n_bands, np.inf)
+        self.maximum = np.full(self.n_bands, -np.inf)
+        self.mean = np.zeros(self.n_bands)
+        self.m2 = np.zeros(self.n_bands)
+        self.count = np.zeros(self.n_bands, dtype=np.int64)
+
+    def update(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Adds a chip's pixels.
+
+        Args:
+            pixels: ``[bands, H, W]`` array of any numeric dtype.
+            valid: optional ``bool[H, W]``; False pixels (nodata) are left out.
+        """
+        if pixels.ndim < 2 or pixels.shape[0] != self.n_bands:
+            # reshape(n_bands, -1) would otherwise silently mix bands of a chip with another count
+            raise BandMismatchError(
+                f"pixels has shape {pixels.shape}; expected [{self.n_bands}, H, W] for an "
+                f"accumulator of {self.n_bands} bands."
+            )
+        flat = pixels.reshape(self.n_bands, -1).astype(np.float64)
+        if valid is not None:
+            # as bool: an integer 0/1 mask would otherwise index pixels 0 and 1 over and over
+            flat = flat[:, np.asarray(valid, dtype=bool).reshape(-1)]
+        n = flat.shape[1]
+        if n == 0:
+            return
+        chip_mean = flat.mean(axis=1)
+        chip_m2 = ((flat - chip_mean[:, None]) ** 2).sum(axis=1)
+        self._merge(n, flat.min(axis=1), flat.max(axis=1), chip_mean, chip_m2)
+
+    def merge(self, other: "BandStats") -> None:
+        """Adds another accumulator's pixels (Chan et al.'s parallel update)."""
+        self._merge(other.count, other.minimum, other.maximum, other.mean, other.m2)
+
+    def _merge(self, n, minimum, maximum, mean, m2) -> None:
+        total = self.count + n
+        weight = n / np.maximum(total, 1)  # bands with no pixels on either side stay as they are
+        delta = mean - self.mean
+        self.mean = self.mean + delta * weight
+        self.m2 = self.m2 + m2 + delta**2 * self.count * weight
+        self.count = total
+        self.minimum = np.minimum(self.minimum, minimum)
+        self.maximum = np.maximum(self.maximum, maximum)
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation per band."""
+        return np.sqrt(self.m2 / np.maximum(self.count, 1))
+
+    def to_esri(self) -> list[dict[str, float]]:
+        """The ``BandStatsState`` list of ``esri_accumulated_stats.json``."""
+        return [
+            {
+                "Min": float(self.minimum[b]),
+                "Max": float(self.maximum[b]),
+                "M1": float(self.mean[b]),
+                "M2": float(self.m2[b]),
+                "Num": int(self.count[b]),
+            }
+            for b in range(self.n_bands)
+        ]
+
+    @classmethod
+    def from_esri(cls, state: list[dict[str, float]]) -> "BandStats":
+        """Rebuilds the accumulator from a ``BandStatsState`` list."""
+        stats = cls(len(state))
+        stats.minimum = np.array([s["Min"] for s in state], dtype=np.float64)
+        stats.maximum = np.array([s["Max"] for s in state], dtype=np.float64)
+        stats.mean = np.array([s["M1"] for s in state], dtype=np.float64)
+        stats.m2 = np.array([s["M2"] for s in state], dtype=np.float64)
+        stats.count = np.array([s["Num"] for s in state], dtype=np.int64)
+        return stats

@@ -1,0 +1,101 @@
+"""A torch Dataset of detection chips, producing fastai's typed tensors.
+
+Each item is ``(TensorImage[C, S, S] float in [0, 1], TensorBBox[N, 4] xyxy in
+[-1, 1], TensorMultiCategory[N] class indices)`` — fastai's own object-detection
+convention, so fastai's collate (``bb_pad``) and batch transforms apply
+unchanged. Standardisation (mean/std) happens later, as fastai's ``Normalize``
+batch transform, so that augmentations see [0, 1] pixels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import rasterio
+import torch
+from fastai.vision.all import TensorBBox, TensorImage, TensorMultiCategory
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from torch.utils.data import Dataset
+
+from geolearn.data.labels import ChipLabels
+from geolearn.data.normalization import Normalization
+from geolearn.data.transforms import center_crop_origin, crop, pad_to, pixel_to_unit, random_crop_origin, resize
+from geolearn.errors import ImageReadError
+
+__all__ = ["ChipDataset", "read_chip"]
+
+
+def read_chip(path: Path, bands: Sequence[int] | None = None) -> torch.Tensor:
+    """Reads a chip's pixels as ``Tensor[C, H, W]`` in their own dtype (0-based ``bands``).
+
+    Raises:
+        ImageReadError: the file cannot be read.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                pixels = src.read([b + 1 for b in bands] if bands is not None else None)
+    except RasterioIOError as err:
+        raise ImageReadError(f"{path}: cannot be read as an image ({err}). Replace or delete the chip.") from None
+    if pixels.dtype.kind == "u" and pixels.dtype.itemsize > 1:
+        pixels = pixels.astype("int32" if pixels.dtype.itemsize == 2 else "int64")  # torch lacks uint16/32 ops
+    return torch.from_numpy(pixels)
+
+
+@dataclass
+class ChipDataset(Dataset):
+    """Chips and their labels, cropped (or padded) to ``chip_size``.
+
+    Attributes:
+        images: chip paths.
+        labels: per chip, boxes in chip pixels and class names.
+        classes: ``['background', *names]``; an object's target is its name's index.
+        chip_size: side of the square the network sees, in pixels.
+        normalization: how raw pixels become [0, 1] (per-band min-max, or /255).
+        train: random crops when True, centre crops when False.
+        resize_to: squish each chip to this side before cropping, or None.
+        bands: 0-based bands to read, or None for all.
+        seed: seeds the random crops (one generator per dataset).
+    """
+
+    images: Sequence[Path]
+    labels: Sequence[ChipLabels]
+    classes: Sequence[str]
+    chip_size: int
+    normalization: Normalization
+    train: bool = False
+    resize_to: int | None = None
+    bands: Sequence[int] | None = None
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        self._index = {name: i for i, name in enumerate(self.classes)}
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def targets(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chip ``index``'s boxes (xyxy chip pixels) and class indices, before any crop."""
+        labels = self.labels[index]
+        return labels.chip_boxes, torch.tensor([self._index[n] for n in labels.classes], dtype=torch.long)
+
+    def __getitem__(self, index: int) -> tuple[TensorImage, TensorBBox, TensorMultiCategory]:
+        image = self.normalization.scale(read_chip(self.images[index], self.bands))
+        chip_boxes, labels = self.targets(index)
+        if self.resize_to is not None:
+            image, chip_boxes = resize(image, chip_boxes, self.resize_to)
+        size = self.chip_size
+        image = pad_to(image, size, size)
+        height, width = image.shape[1:]
+        if self.train:
+            top, left = random_crop_origin(height, width, size, self._generator)
+        else:
+            top, left = center_crop_origin(height, width, size)
+        image, chip_boxes, labels = crop(image, chip_boxes, labels, top, left, size, size)
+        unit_boxes = pixel_to_unit(chip_boxes, size, size)
+        return TensorImage(image), TensorBBox(unit_boxes, img_size=(size, size)), TensorMultiCategory(labels)

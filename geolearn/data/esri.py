@@ -1,0 +1,174 @@
+"""The Esri metadata files of an exported training-data folder (CONTRACT §1).
+
+``esri_model_definition.emd`` (classes, chip size, metadata mode),
+``esri_accumulated_stats.json`` (feature counts and band statistics) and
+``map.txt`` (image/label pairs with Windows separators). Reading is lenient
+where ArcGIS versions differ (``Value``/``Name`` or ``ClassValue``/``ClassName``)
+and strict where a wrong value would silently corrupt training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+from typing import Any, Iterable
+
+from geolearn.errors import LabelFormatError
+
+__all__ = [
+    "EMD_FILE",
+    "STATS_FILE",
+    "MAP_FILE",
+    "DATASET_TYPES",
+    "ClassInfo",
+    "read_json",
+    "write_json",
+    "parse_classes",
+    "esri_dataset_type",
+    "write_map_txt",
+    "read_map_txt",
+    "default_color",
+]
+
+EMD_FILE = "esri_model_definition.emd"
+STATS_FILE = "esri_accumulated_stats.json"
+MAP_FILE = "map.txt"
+DATASET_TYPES = ("PASCAL_VOC_rectangles", "KITTI_rectangles", "COCO_rectangles", "YOLO_rectangles")
+
+# Colours ArcGIS-like class symbology starts from; stable per class value so that
+# figures and saved models keep the same colour for the same class.
+_PALETTE = (
+    (0, 168, 132), (255, 170, 0), (0, 112, 255), (230, 0, 169), (168, 56, 0),
+    (85, 255, 0), (115, 178, 255), (255, 0, 0), (132, 0, 168), (255, 255, 0),
+)
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One class of an export: its numeric value, name and display colour (RGB 0-255)."""
+
+    value: int
+    name: str
+    color: tuple[int, int, int]
+
+    def to_esri(self) -> dict[str, Any]:
+        """The ``Classes`` entry as ArcGIS writes it."""
+        return {"Value": self.value, "Name": self.name, "Color": list(self.color)}
+
+
+def default_color(value: int) -> tuple[int, int, int]:
+    """A stable display colour for a class value."""
+    return _PALETTE[(value - 1) % len(_PALETTE)]
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Reads a JSON metadata file, naming the file when it is not valid JSON.
+
+    Raises:
+        LabelFormatError: the file is not a JSON object.
+    """
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LabelFormatError(
+            f"{path}: not valid JSON ({err}). Restore the file from the export, or re-export."
+        ) from None
+    if not isinstance(content, dict):
+        raise LabelFormatError(f"{path}: expected a JSON object, found {type(content).__name__}.")
+    return content
+
+
+def write_json(path: str | Path, content: dict[str, Any]) -> None:
+    """Writes JSON atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        try:
+            json.dump(content, tmp, indent=2)
+        except BaseException:
+            # e.g. a value json cannot serialise: leave neither a half-written nor a stray file
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, path)
+
+
+def parse_classes(emd: dict[str, Any], path: str | Path) -> list[ClassInfo]:
+    """The ``Classes`` of an EMD, accepting both ``Value/Name`` and ``ClassValue/ClassName``.
+
+    Args:
+        emd: the parsed EMD.
+        path: the EMD's path, for error messages.
+
+    Returns:
+        Classes in file order; missing colours get :func:`default_color`.
+
+    Raises:
+        LabelFormatError: no ``Classes`` list, or an entry without a usable value or name.
+    """
+    entries = emd.get("Classes")
+    if not isinstance(entries, list):
+        raise LabelFormatError(
+            f"{path}: key 'Classes' must be a list of {{Value, Name, Color}}, found "
+            f"{type(entries).__name__}. Re-export the training data or fix the file."
+        )
+    classes = []
+    for index, entry in enumerate(entries):
+        value = entry.get("Value", entry.get("ClassValue")) if isinstance(entry, dict) else None
+        name = entry.get("Name", entry.get("ClassName")) if isinstance(entry, dict) else None
+        try:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError  # 1.5 or True would silently become another class value
+            value = int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise LabelFormatError(
+                f"{path}: Classes[{index}] has Value {value!r}; it must be an integer "
+                "(key 'Value' or 'ClassValue')."
+            ) from None
+        if name is None or str(name).strip() == "":
+            name = str(value)
+        color = entry.get("Color")
+        if not (isinstance(color, list) and len(color) >= 3):
+            color = default_color(value)
+        classes.append(ClassInfo(value, str(name), tuple(int(c) for c in color[:3])))
+    return classes
+
+
+def esri_dataset_type(root: str | Path) -> str | None:
+    """The ``MetaDataMode`` of an Esri export, or None when the folder is not one.
+
+    A folder is an Esri export when all three of ``esri_model_definition.emd``,
+    ``map.txt`` and ``esri_accumulated_stats.json`` exist (arcgis.learn's rule).
+    """
+    root = Path(root)
+    if not all((root / name).exists() for name in (EMD_FILE, MAP_FILE, STATS_FILE)):
+        return None
+    for name in (STATS_FILE, EMD_FILE):
+        mode = read_json(root / name).get("MetaDataMode")
+        if mode:
+            return str(mode)
+    return None
+
+
+def write_map_txt(root: str | Path, pairs: Iterable[tuple[str, str]]) -> None:
+    """Writes ``map.txt``: ``images\\<chip> labels\\<label>`` a line, Windows separators.
+
+    Args:
+        root: the export folder.
+        pairs: ``(image file name, label file name)`` per chip.
+    """
+    lines = [f"images\\{image} labels\\{label}\n" for image, label in pairs]
+    (Path(root) / MAP_FILE).write_text("".join(lines))
+
+
+def read_map_txt(root: str | Path) -> list[tuple[str, str]]:
+    """Reads ``map.txt`` into ``(image file name, label file name)`` pairs (any separator)."""
+    pairs = []
+    for line in (Path(root) / MAP_FILE).read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            pairs.append((PureWindowsPath(parts[0]).name, PureWindowsPath(parts[1]).name))
+    return pairs

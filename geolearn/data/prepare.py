@@ -1,0 +1,356 @@
+"""``prepare_data``: exported chips and labels → fastai DataLoaders (CONTRACT §2)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from fastai.vision.all import DataLoaders, Normalize, TfmdDL, Transform, bb_pad
+
+from geolearn.data.bandstats import BandStats
+from geolearn.data.dataset import ChipDataset
+from geolearn.data.esri import ClassInfo
+from geolearn.data.folders import FolderData, read_folder
+from geolearn.data.normalization import Normalization, cached_sample_normalization
+from geolearn.data.transforms import default_batch_transforms, unit_to_pixel
+from geolearn.errors import BandMismatchError, DataFolderError, NoChipsError
+
+__all__ = ["prepare_data", "DetectionData", "split_indices"]
+
+logger = logging.getLogger(__name__)
+
+_KNOWN_KWARGS = {
+    "imagery_type", "bands", "rgb_bands", "extract_bands", "norm_pct", "stratify",
+    "num_workers", "valid_path", "test_path", "device",
+}
+
+
+class DetectionData(DataLoaders):
+    """fastai ``DataLoaders`` with the attributes arcgis.learn's ``data`` object has.
+
+    Attributes:
+        classes: ``['background', *sorted(names)]``.
+        c: ``len(classes)``.
+        class_mapping: ``{value: name}`` of the object classes.
+        color_mapping: ``{value: [r, g, b]}``.
+        chip_size: side of the training chips, pixels.
+        batch_size: chips per batch.
+        path: the data folder (or ``working_dir``); ``save()`` writes under ``path/models``.
+        dataset_type: the label format.
+        normalization: pixel scaling and the mean/std of ``Normalize``.
+        is_multispectral: True unless the chips are 8-bit RGB.
+        extract_bands: 0-based bands read from each chip (None: all).
+        rgb_bands: 0-based bands drawn as red, green, blue.
+    """
+
+    def show_batch(self, rows: int = 3, alpha: float = 1.0, **kwargs: Any):  # type: ignore[override]
+        """Draws ``rows`` × ``rows`` augmented training chips with class-coloured labelled boxes.
+
+        Args:
+            rows: chips per side of the grid.
+            alpha: box line opacity.
+            **kwargs: ``rgb_bands`` (0-based bands to show), ``figsize``.
+
+        Returns:
+            The matplotlib Figure.
+        """
+        from geolearn.viz import plot_chips
+
+        n = rows * rows
+        images, unit_boxes, labels = [], [], []
+        for batch in self.train:
+            image_batch, box_batch, label_batch = self.train.decode(batch)[:3]
+            images += list(image_batch)
+            unit_boxes += list(box_batch)
+            labels += list(label_batch)
+            if len(images) >= n:
+                break
+        rgb = kwargs.get("rgb_bands", self.rgb_bands)
+        size = self.chip_size
+        return plot_chips(
+            [image[list(rgb)] for image in images[:n]],
+            [unit_to_pixel(b, size, size) for b in unit_boxes[:n]],
+            [lbl for lbl in labels[:n]],
+            classes=self.classes,
+            colors=self.class_colors,
+            rows=rows,
+            alpha=alpha,
+            figsize=kwargs.get("figsize"),
+        )
+
+    @property
+    def class_colors(self) -> list[tuple[float, float, float]]:
+        """Colour per entry of ``classes`` (RGB in [0, 1]; background grey)."""
+        by_name = {self.class_mapping[v]: c for v, c in self.color_mapping.items()}
+        return [(0.5, 0.5, 0.5)] + [tuple(x / 255 for x in by_name[name]) for name in self.classes[1:]]
+
+
+def split_indices(
+    n_items: int, valid_pct: float, seed: int, groups: Sequence[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """Seeded train/valid split over items in their (sorted) order.
+
+    Args:
+        n_items: number of items.
+        valid_pct: fraction for validation; each non-empty part gets at least one item
+            when ``0 < valid_pct < 1`` and there are two or more items.
+        seed: seeds ``np.random.default_rng``.
+        groups: optional group key per item; each group is split at ``valid_pct``
+            (stratification).
+
+    Returns:
+        Sorted train indices and sorted valid indices.
+    """
+    rng = np.random.default_rng(seed)
+    keys = list(groups) if groups is not None else [""] * n_items
+    valid: list[int] = []
+    for key in sorted(set(keys)):
+        members = np.array([i for i, k in enumerate(keys) if k == key])
+        members = members[rng.permutation(len(members))]
+        n_valid = int(round(len(members) * valid_pct))
+        if 0 < valid_pct < 1 and len(members) >= 2:
+            n_valid = min(max(n_valid, 1), len(members) - 1)
+        valid += members[:n_valid].tolist()
+    if groups is not None and 0 < valid_pct < 1 and n_items >= 2 and len(valid) in (0, n_items):
+        return split_indices(n_items, valid_pct, seed)  # groups too small to stratify
+    valid_set = set(valid)
+    return [i for i in range(n_items) if i not in valid_set], sorted(valid)
+
+
+def _merge_classes(folders: Sequence[FolderData]) -> list[ClassInfo]:
+    """Unions the folders' classes; one name must keep one value across folders."""
+    by_name: dict[str, ClassInfo] = {}
+    for folder in folders:
+        for info in folder.classes:
+            known = by_name.get(info.name)
+            if known is None:
+                clash = next((c for c in by_name.values() if c.value == info.value), None)
+                if clash is not None:
+                    raise DataFolderError(
+                        f"{folder.root}: class value {info.value} is {info.name!r} here but "
+                        f"{clash.name!r} in another folder. Give class_mapping={{value: name}} "
+                        "to make the folders agree."
+                    )
+                by_name[info.name] = info
+            elif known.value != info.value:
+                raise DataFolderError(
+                    f"{folder.root}: class {info.name!r} has value {info.value} here but "
+                    f"{known.value} in another folder. Re-export with the same class values, "
+                    "or pass class_mapping."
+                )
+    return sorted(by_name.values(), key=lambda c: c.name)
+
+
+def _stratify_keys(folder_labels: Sequence, counts: Counter) -> list[str]:
+    """Each chip's rarest class (or 'background'): the key its stratified split uses."""
+    keys = []
+    for labels in folder_labels:
+        names = set(labels.classes)
+        keys.append(min(names, key=lambda n: (counts[n], n)) if names else "background")
+    return keys
+
+
+def _normalization(
+    folders: Sequence[FolderData],
+    images: Sequence[Path],
+    extract_bands: Sequence[int] | None,
+    imagery_type: str | None,
+    norm_pct: float,
+    seed: int,
+    cache_root: Path,
+) -> tuple[Normalization, bool]:
+    """Chooses the normalisation (CONTRACT §2) and says whether the data is multispectral."""
+    info = folders[0].infos[0]
+    n_bands = len(extract_bands) if extract_bands is not None else info.count
+    rgb8 = n_bands == 3 and all(i.dtype == "uint8" for f in folders for i in f.infos)
+    if rgb8 and imagery_type in (None, "RGB", "rgb"):
+        return Normalization.for_rgb8(), False
+    if all(f.band_stats is not None for f in folders):
+        stats = BandStats(folders[0].band_stats.n_bands)
+        for folder in folders:
+            stats.merge(folder.band_stats)
+        if extract_bands is not None:
+            picked = BandStats(len(extract_bands))
+            for name in ("minimum", "maximum", "mean", "m2", "count"):
+                setattr(picked, name, getattr(stats, name)[list(extract_bands)])
+            stats = picked
+        if stats.n_bands == n_bands and stats.count.min() > 0:
+            return Normalization.from_band_stats(stats), True
+    return cached_sample_normalization(cache_root, images, extract_bands, norm_pct, seed), True
+
+
+def _parse_transforms(transforms: Any) -> tuple[list[Transform], list[Transform]]:
+    """``None`` → defaults; ``False`` → none; a list → training batch transforms;
+    ``(train, valid)`` → both, as arcgis.learn's tuple."""
+    if transforms is None:
+        return default_batch_transforms(), []
+    if transforms is False:
+        return [], []
+    if isinstance(transforms, tuple) and len(transforms) == 2 and all(isinstance(t, (list, tuple)) for t in transforms):
+        return list(transforms[0]), list(transforms[1])
+    if isinstance(transforms, (list, tuple)):
+        return list(transforms), []
+    raise TypeError(
+        f"transforms={transforms!r}: pass None (defaults), False (none), a list of fastai batch "
+        "transforms, or a (train_transforms, valid_transforms) tuple."
+    )
+
+
+def prepare_data(
+    path: str | Path | Sequence[str | Path],
+    class_mapping: Mapping | None = None,
+    chip_size: int = 224,
+    val_split_pct: float = 0.1,
+    batch_size: int = 64,
+    transforms: Any = None,
+    collate_fn: Callable | None = None,
+    seed: int = 42,
+    dataset_type: str | None = None,
+    resize_to: int | None = None,
+    working_dir: str | Path | None = None,
+    **kwargs: Any,
+) -> DetectionData:
+    """Reads exported training chips and labels into fastai DataLoaders, as arcgis.learn does.
+
+    Args:
+        path: export folder (``images/`` + ``labels/`` + Esri files), or a list of them
+            (classes are unioned).
+        class_mapping: ``{value: name}``; with an Esri export it renames classes, without
+            one it maps label tokens to names (objects of other tokens are dropped).
+        chip_size: side in pixels of the chips the network sees (random crop for training,
+            centre crop for validation; smaller chips are zero-padded).
+        val_split_pct: fraction of chips held out for validation (seeded, over the sorted list).
+        batch_size: chips per batch.
+        transforms: None for the defaults (dihedral flips, zoom, brightness, contrast),
+            False for none, a list of fastai batch transforms for training, or a
+            ``(train, valid)`` tuple of such lists.
+        collate_fn: replaces fastai's ``bb_pad`` to build batches.
+        seed: seeds the split, the crops and the normalisation sample.
+        dataset_type: ``'PASCAL_VOC_rectangles'``, ``'KITTI_rectangles'``,
+            ``'COCO_rectangles'`` or ``'YOLO_rectangles'``; None detects it.
+        resize_to: squish every chip to this side (pixels) before cropping.
+        working_dir: where ``save()`` writes models (default: the data folder).
+        **kwargs: ``bands``/``extract_bands`` (0-based bands to use), ``rgb_bands`` (bands to
+            draw), ``imagery_type``, ``norm_pct`` (share of chips sampled for band statistics,
+            default 0.3), ``stratify`` (split per rarest class), ``num_workers`` (default 0),
+            ``valid_path`` (a folder used whole for validation), ``device``.
+
+    Returns:
+        :class:`DetectionData` with ``classes``, ``c``, ``class_mapping``, ``color_mapping``,
+        ``chip_size``, ``train_ds``, ``valid_ds``, ``show_batch()``.
+
+    Raises:
+        DataFolderError, NoChipsError, LabelFormatError, ImageReadError, BandMismatchError:
+            unusable data; the message names the file and the fix.
+
+    Example:
+        >>> data = prepare_data("exports/pools", batch_size=16, chip_size=256)  # doctest: +SKIP
+        >>> data.classes  # doctest: +SKIP
+        ['background', 'pool', 'tree']
+    """
+    unknown = set(kwargs) - _KNOWN_KWARGS
+    if unknown:
+        raise TypeError(f"prepare_data() got unexpected keyword arguments {sorted(unknown)}; known: {sorted(_KNOWN_KWARGS)}")
+    roots = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    if not roots:
+        raise DataFolderError("prepare_data() got an empty list of paths; pass at least one export folder.")
+    folders = [read_folder(root, dataset_type, class_mapping) for root in roots]
+    valid_path = kwargs.get("valid_path")
+    valid_folder = read_folder(valid_path, dataset_type, class_mapping) if valid_path else None
+    all_folders = folders + ([valid_folder] if valid_folder else [])
+    band_counts = {f.infos[0].count for f in all_folders}
+    if len(band_counts) > 1:
+        raise BandMismatchError(
+            "the folders have chips with different band counts: "
+            + "; ".join(f"{f.root}: {f.infos[0].count}" for f in all_folders)
+            + ". Train on folders exported from rasters with the same bands."
+        )
+    classes = _merge_classes(all_folders)
+    names = ["background"] + [c.name for c in classes]
+
+    images = [image for f in folders for image in f.images]
+    labels = [lbl for f in folders for lbl in f.labels]
+    if valid_folder is not None:
+        train_idx, valid_idx = list(range(len(images))), []
+    else:
+        groups = None
+        if kwargs.get("stratify"):
+            counts = Counter(n for lbl in labels for n in lbl.classes)
+            groups = _stratify_keys(labels, counts)
+        train_idx, valid_idx = split_indices(len(images), val_split_pct, seed, groups)
+    if not train_idx:
+        raise NoChipsError(
+            f"no training chips left: {len(images)} chips with val_split_pct={val_split_pct}. "
+            "Lower val_split_pct or export more chips."
+        )
+
+    extract_bands = kwargs.get("extract_bands", kwargs.get("bands"))
+    if extract_bands is not None and not all(isinstance(b, int) for b in extract_bands):
+        raise TypeError(f"extract_bands={extract_bands!r}: give 0-based band indices, e.g. [0, 1, 2].")
+    data_root = Path(working_dir) if working_dir is not None else roots[0]
+    normalization, multispectral = _normalization(
+        all_folders,
+        images,
+        extract_bands,
+        kwargs.get("imagery_type"),
+        float(kwargs.get("norm_pct", 0.3)),
+        seed,
+        roots[0],
+    )
+
+    def dataset(indices: Sequence[int], source_images, source_labels, train: bool) -> ChipDataset:
+        return ChipDataset(
+            [source_images[i] for i in indices],
+            [source_labels[i] for i in indices],
+            names,
+            chip_size,
+            normalization,
+            train=train,
+            resize_to=resize_to,
+            bands=extract_bands,
+            seed=seed,
+        )
+
+    train_ds = dataset(train_idx, images, labels, True)
+    if valid_folder is not None:
+        valid_ds = dataset(range(len(valid_folder.images)), valid_folder.images, valid_folder.labels, False)
+    else:
+        valid_ds = dataset(valid_idx, images, labels, False)
+
+    train_tfms, valid_tfms = _parse_transforms(transforms)
+    normalize = Normalize.from_stats(list(normalization.mean), list(normalization.std), cuda=False)
+    loader_args = dict(
+        bs=batch_size,
+        before_batch=collate_fn or bb_pad,
+        num_workers=int(kwargs.get("num_workers", 0)),
+        device=kwargs.get("device", torch.device("cpu")),
+    )
+    train_dl = TfmdDL(train_ds, shuffle=True, drop_last=len(train_ds) > batch_size,
+                      after_batch=[*train_tfms, normalize], **loader_args)
+    train_dl.rng = random.Random(seed)  # fastai draws the shuffle order from this
+    valid_dl = TfmdDL(valid_ds, shuffle=False, after_batch=[*valid_tfms, normalize], **loader_args)
+
+    data = DetectionData(train_dl, valid_dl, path=data_root)
+    n_bands = len(extract_bands) if extract_bands is not None else folders[0].infos[0].count
+    data.classes = names
+    data.c = len(names)
+    data.class_mapping = {c.value: c.name for c in classes}
+    data.color_mapping = {c.value: list(c.color) for c in classes}
+    data.chip_size = chip_size
+    data.batch_size = batch_size
+    data.dataset_type = folders[0].dataset_type
+    data.normalization = normalization
+    data.is_multispectral = multispectral
+    data.extract_bands = extract_bands
+    data.n_bands = n_bands
+    data.rgb_bands = list(kwargs.get("rgb_bands", [0, 1, 2] if n_bands >= 3 else [0] * 3))
+    data.resize_to = resize_to
+    data.seed = seed
+    data.path = data_root
+    logger.info("prepared %d training and %d validation chips, classes %s", len(train_ds), len(valid_ds), names)
+    return data

@@ -1,0 +1,61 @@
+"""Error and warning classes of geolearn.
+
+Every error subclasses the builtin a caller would already catch (``ValueError``,
+``FileNotFoundError``, ...), and its message names the file or value at fault and
+says how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GeolearnError",
+    "GeolearnWarning",
+    "DataFolderError",
+    "LabelFormatError",
+    "NoChipsError",
+    "ImageReadError",
+    "BandMismatchError",
+    "CRSMismatchError",
+    "NoOverlapError",
+    "OutputExistsError",
+]
+
+
+class GeolearnError(Exception):
+    """Base class of every error geolearn raises on purpose."""
+
+
+class GeolearnWarning(UserWarning):
+    """Warnings about data geolearn used anyway (dropped chips, clipped boxes, ...)."""
+
+
+class DataFolderError(GeolearnError, FileNotFoundError):
+    """A training-data folder lacks something it needs (``images/``, ``labels/``, a label file)."""
+
+
+class LabelFormatError(GeolearnError, ValueError):
+    """A label file cannot be parsed or holds an impossible box."""
+
+
+class NoChipsError(GeolearnError, ValueError):
+    """No usable chips are left after reading a data folder or exporting a raster."""
+
+
+class ImageReadError(GeolearnError, OSError):
+    """An image chip or raster cannot be opened or read."""
+
+
+class BandMismatchError(GeolearnError, ValueError):
+    """Images with different band counts, or bands that do not match what was asked for."""
+
+
+class CRSMismatchError(GeolearnError, ValueError):
+    """Vector labels and a raster whose coordinate reference systems cannot be reconciled."""
+
+
+class NoOverlapError(GeolearnError, ValueError):
+    """Vector labels that do not overlap the raster they label."""
+
+
+class OutputExistsError(GeolearnError, FileExistsError):
+    """An output folder already holds results and overwriting was not asked for."""
