@@ -9,41 +9,20 @@ batch transform, so that augmentations see [0, 1] pixels.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import rasterio
 import torch
 from fastai.vision.all import TensorBBox, TensorImage, TensorMultiCategory
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from torch.utils.data import Dataset
 
+from geolearn.data.images import read_chip
 from geolearn.data.labels import ChipLabels
 from geolearn.data.normalization import Normalization
 from geolearn.data.transforms import center_crop_origin, crop, pad_to, pixel_to_unit, random_crop_origin, resize
-from geolearn.errors import ImageReadError
 
-__all__ = ["ChipDataset", "read_chip"]
-
-
-def read_chip(path: Path, bands: Sequence[int] | None = None) -> torch.Tensor:
-    """Reads a chip's pixels as ``Tensor[C, H, W]`` in their own dtype (0-based ``bands``).
-
-    Raises:
-        ImageReadError: the file cannot be read.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                pixels = src.read([b + 1 for b in bands] if bands is not None else None)
-    except RasterioIOError as err:
-        raise ImageReadError(f"{path}: cannot be read as an image ({err}). Replace or delete the chip.") from None
-    if pixels.dtype.kind == "u" and pixels.dtype.itemsize > 1:
-        pixels = pixels.astype("int32" if pixels.dtype.itemsize == 2 else "int64")  # torch lacks uint16/32 ops
-    return torch.from_numpy(pixels)
+__all__ = ["ChipDataset"]
 
 
 @dataclass

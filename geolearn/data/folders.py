@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning
 
 from geolearn.data.bandstats import BandStats
 from geolearn.data.esri import (
@@ -35,6 +34,7 @@ from geolearn.data.esri import (
     parse_classes,
     read_json,
 )
+from geolearn.data.images import IMAGE_SUFFIXES, ImageInfo, read_image_info
 from geolearn.data.labels import (
     ChipLabels,
     clip_to_chip,
@@ -48,27 +48,15 @@ from geolearn.errors import (
     BandMismatchError,
     DataFolderError,
     GeolearnWarning,
-    ImageReadError,
     LabelFormatError,
     NoChipsError,
 )
 
-__all__ = ["IMAGE_SUFFIXES", "ImageInfo", "FolderData", "read_folder", "infer_dataset_type", "read_image_info"]
+__all__ = ["FolderData", "read_folder", "infer_dataset_type"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 COCO_FILE = "labels.json"
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What the header of a chip says: size in pixels, band count, data type."""
-
-    width: int
-    height: int
-    count: int
-    dtype: str
 
 
 @dataclass
@@ -92,23 +80,6 @@ class FolderData:
     infos: list[ImageInfo]
     classes: list[ClassInfo]
     band_stats: BandStats | None
-
-
-def read_image_info(path: Path) -> ImageInfo:
-    """Reads a chip's header (no pixels).
-
-    Raises:
-        ImageReadError: the file cannot be opened as an image.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                return ImageInfo(src.width, src.height, src.count, src.dtypes[0])
-    except RasterioIOError as err:
-        raise ImageReadError(
-            f"{path}: cannot be read as an image ({err}). Replace or delete the chip and its label file."
-        ) from None
 
 
 def infer_dataset_type(root: Path) -> str:
@@ -317,7 +288,10 @@ def read_folder(
         raise DataFolderError(f"{root}: no such folder. Pass the folder an export wrote (it holds images/).")
     images = _list_images(root)
     dataset_type = _check_dataset_type(dataset_type or esri_dataset_type(root) or infer_dataset_type(root), root)
-    with ThreadPoolExecutor(max_workers=4) as pool:  # rasterio releases the GIL while opening files
+    # rasterio releases the GIL while opening files. Warning filters are process-wide and
+    # catch_warnings is not thread-safe, so the filter open_image sets is set here too.
+    with ThreadPoolExecutor(max_workers=4) as pool, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         infos = list(pool.map(read_image_info, images))
     images, infos, raw_labels, token_names = _read_labels(root, dataset_type, images, infos)
     if not images:

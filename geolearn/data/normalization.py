@@ -21,6 +21,7 @@ from torch import Tensor
 
 from geolearn.data.bandstats import BandStats
 from geolearn.data.esri import read_json, write_json
+from geolearn.data.images import open_image
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Normalization", "CACHE_FILE"]
 
@@ -103,20 +104,17 @@ def sample_band_stats(
     image_paths: Sequence[Path], bands: Sequence[int] | None, norm_pct: float, seed: int
 ) -> BandStats:
     """Band statistics over a seeded sample of ``norm_pct`` of the chips (at least one)."""
-    import rasterio  # lazily: keep this module light for callers that pass stats in
-
     rng = np.random.default_rng(seed)
     n_sample = max(1, int(round(len(image_paths) * norm_pct)))
     chosen = sorted(rng.choice(len(image_paths), size=n_sample, replace=False).tolist())
-    stats: BandStats | None = None
+    stats = None
     for index in chosen:
-        with rasterio.open(image_paths[index]) as src:
+        with open_image(image_paths[index]) as src:
             indexes = [b + 1 for b in bands] if bands is not None else None
             pixels = src.read(indexes)
             valid = src.dataset_mask() > 0
         stats = stats or BandStats(pixels.shape[0])
         stats.update(pixels, valid)
-    assert stats is not None
     return stats
 
 
