@@ -327,3 +327,33 @@ def test_unsupported_dataset_type(voc_folder):
 def test_unknown_keyword_is_refused(voc_folder):
     with pytest.raises(TypeError, match="unexpected keyword arguments \\['chipsize'\\]"):
         prepare_data(voc_folder, chipsize=3)
+
+
+def test_band_names_pick_rgb_bands_and_bad_names_are_refused(tmp_path):
+    root = make_folder(tmp_path / "ms", dict(list(VOC_CHIPS.items())[:2]), suffix=".tif", bands=4, dtype="uint16", esri=False)
+    data = prepare_data(root, val_split_pct=0.0, bands=["nir", "blue", "green", "red"], norm_pct=1.0)
+    assert data.rgb_bands == [3, 2, 1]
+    assert prepare_data(root, val_split_pct=0.0, rgb_bands=["nir", "red", "green"],
+                        bands=["nir", "blue", "green", "red"]).rgb_bands == [0, 3, 2]
+    with pytest.raises(ValueError, match=r"band 'swir' is not among bands="):
+        prepare_data(root, val_split_pct=0.0, rgb_bands=["swir", "red", "green"], bands=["nir", "blue", "green", "red"])
+
+
+def test_user_fastai_transforms_replace_the_defaults(voc_folder):
+    from fastai.vision.all import Dihedral
+
+    flip = prepare_data(voc_folder, chip_size=CHIP, val_split_pct=0.0, batch_size=5, transforms=[Dihedral(p=1.0, draw=1)])
+    none = prepare_data(voc_folder, chip_size=CHIP, val_split_pct=0.0, batch_size=5, transforms=False)
+    flip.train.shuffle = none.train.shuffle = False
+    flipped, plain_boxes = plain(flip.train.one_batch())[1], plain(none.train.one_batch())[1]
+    # draw=1 flips left-right: x -> -x in fastai's [-1, 1] units.
+    expected = plain_boxes[..., [2, 1, 0, 3]] * torch.tensor([-1.0, 1.0, -1.0, 1.0])
+    real = plain(none.train.one_batch())[2] > 0
+    assert torch.allclose(flipped[real], expected[real])
+
+
+def test_test_path_and_dataloader_names(voc_folder, tmp_path):
+    other = make_folder(tmp_path / "test", {"t": ([[1, 1, 9, 9]], ["2"])})
+    data = prepare_data(voc_folder, test_path=other, val_split_pct=0.2)
+    assert data.train_dl is data.train and data.valid_dl is data.valid
+    assert [p.stem for p in data.test_ds.images] == ["t"] and data.test_dl is not None

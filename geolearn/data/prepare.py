@@ -20,7 +20,7 @@ from geolearn.data.normalization import Normalization, cached_sample_normalizati
 from geolearn.data.transforms import default_batch_transforms, unit_to_pixel
 from geolearn.errors import BandMismatchError, DataFolderError, NoChipsError
 
-__all__ = ["prepare_data", "DetectionData", "split_indices"]
+__all__ = ["prepare_data", "DetectionData", "split_indices", "resolve_rgb_bands"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,19 @@ class DetectionData(DataLoaders):
         normalization: pixel scaling and the mean/std of ``Normalize``.
         is_multispectral: True unless the chips are 8-bit RGB.
         extract_bands: 0-based bands read from each chip (None: all).
-        rgb_bands: 0-based bands drawn as red, green, blue.
+        bands: band names (e.g. ``['red', 'green', 'blue', 'nir']``), when given.
+        rgb_bands: 0-based bands (of the extracted ones) drawn as red, green, blue.
     """
+
+    @property
+    def train_dl(self) -> TfmdDL:
+        """The training DataLoader (arcgis.learn's name for ``data.train``)."""
+        return self.train
+
+    @property
+    def valid_dl(self) -> TfmdDL:
+        """The validation DataLoader (arcgis.learn's name for ``data.valid``)."""
+        return self.valid
 
     def show_batch(self, rows: int = 3, alpha: float = 1.0, **kwargs: Any):  # type: ignore[override]
         """Draws ``rows`` × ``rows`` augmented training chips with class-coloured labelled boxes.
@@ -70,7 +81,7 @@ class DetectionData(DataLoaders):
             labels += list(label_batch)
             if len(images) >= n:
                 break
-        rgb = kwargs.get("rgb_bands", self.rgb_bands)
+        rgb = resolve_rgb_bands(kwargs["rgb_bands"], self.bands, self.n_bands) if "rgb_bands" in kwargs else self.rgb_bands
         size = self.chip_size
         return plot_chips(
             [image[list(rgb)] for image in images[:n]],
@@ -120,6 +131,35 @@ def split_indices(
         return split_indices(n_items, valid_pct, seed)  # groups too small to stratify
     valid_set = set(valid)
     return [i for i in range(n_items) if i not in valid_set], sorted(valid)
+
+
+def resolve_rgb_bands(rgb_bands: Sequence[int | str] | None, band_names: Sequence[str] | None, n_bands: int) -> list[int]:
+    """0-based bands to draw as red, green, blue.
+
+    Args:
+        rgb_bands: indices or band names; None picks bands named red/green/blue, else the first three.
+        band_names: the data's band names, if known.
+        n_bands: how many bands the chips have.
+
+    Raises:
+        ValueError: a name not in ``band_names`` or an index out of range.
+    """
+    names = [n.lower() for n in band_names] if band_names else []
+    if rgb_bands is None:
+        if all(c in names for c in ("red", "green", "blue")):
+            return [names.index(c) for c in ("red", "green", "blue")]
+        return [0, 1, 2] if n_bands >= 3 else [0, 0, 0]
+    resolved = []
+    for band in rgb_bands:
+        if isinstance(band, str):
+            if band.lower() not in names:
+                raise ValueError(f"rgb_bands: band {band!r} is not among bands={list(band_names or [])}; name "
+                                 "the bands with bands=[...] or give 0-based indices.")
+            band = names.index(band.lower())
+        if not 0 <= int(band) < n_bands:
+            raise ValueError(f"rgb_bands: band index {band} is out of range for {n_bands}-band chips.")
+        resolved.append(int(band))
+    return resolved
 
 
 def _merge_classes(folders: Sequence[FolderData]) -> list[ClassInfo]:
@@ -235,10 +275,12 @@ def prepare_data(
             ``'COCO_rectangles'`` or ``'YOLO_rectangles'``; None detects it.
         resize_to: squish every chip to this side (pixels) before cropping.
         working_dir: where ``save()`` writes models (default: the data folder).
-        **kwargs: ``bands``/``extract_bands`` (0-based bands to use), ``rgb_bands`` (bands to
-            draw), ``imagery_type``, ``norm_pct`` (share of chips sampled for band statistics,
+        **kwargs: ``extract_bands`` (0-based bands to use), ``bands`` (band names, e.g.
+            ``['red', 'green', 'blue', 'nir']``), ``rgb_bands`` (band indices or names to
+            draw), ``imagery_type`` (anything but ``'RGB'`` forces per-band normalisation), ``norm_pct`` (share of chips sampled for band statistics,
             default 0.3), ``stratify`` (split per rarest class), ``num_workers`` (default 0),
-            ``valid_path`` (a folder used whole for validation), ``device``.
+            ``valid_path`` (a folder used whole for validation), ``test_path`` (a folder read
+            as ``data.test_ds``/``data.test_dl``), ``device``.
 
     Returns:
         :class:`DetectionData` with ``classes``, ``c``, ``class_mapping``, ``color_mapping``,
@@ -289,7 +331,7 @@ def prepare_data(
             "Lower val_split_pct or export more chips."
         )
 
-    extract_bands = kwargs.get("extract_bands", kwargs.get("bands"))
+    extract_bands = kwargs.get("extract_bands")
     if extract_bands is not None and not all(isinstance(b, int) for b in extract_bands):
         raise TypeError(f"extract_bands={extract_bands!r}: give 0-based band indices, e.g. [0, 1, 2].")
     data_root = Path(working_dir) if working_dir is not None else roots[0]
@@ -330,12 +372,21 @@ def prepare_data(
         num_workers=int(kwargs.get("num_workers", 0)),
         device=kwargs.get("device", torch.device("cpu")),
     )
+    test_path = kwargs.get("test_path")
+    if test_path:
+        test_folder = read_folder(test_path, dataset_type, class_mapping)
+        test_ds = dataset(range(len(test_folder.images)), test_folder.images, test_folder.labels, False)
+
     train_dl = TfmdDL(train_ds, shuffle=True, drop_last=len(train_ds) > batch_size,
                       after_batch=[*train_tfms, normalize], **loader_args)
     train_dl.rng = random.Random(seed)  # fastai draws the shuffle order from this
     valid_dl = TfmdDL(valid_ds, shuffle=False, after_batch=[*valid_tfms, normalize], **loader_args)
 
     data = DetectionData(train_dl, valid_dl, path=data_root)
+    data.test_ds = data.test_dl = None
+    if test_path:
+        data.test_ds = test_ds
+        data.test_dl = TfmdDL(test_ds, shuffle=False, after_batch=[*valid_tfms, normalize], **loader_args)
     n_bands = len(extract_bands) if extract_bands is not None else folders[0].infos[0].count
     data.classes = names
     data.c = len(names)
@@ -348,7 +399,8 @@ def prepare_data(
     data.is_multispectral = multispectral
     data.extract_bands = extract_bands
     data.n_bands = n_bands
-    data.rgb_bands = list(kwargs.get("rgb_bands", [0, 1, 2] if n_bands >= 3 else [0] * 3))
+    data.bands = list(kwargs["bands"]) if kwargs.get("bands") else None
+    data.rgb_bands = resolve_rgb_bands(kwargs.get("rgb_bands"), data.bands, n_bands)
     data.resize_to = resize_to
     data.seed = seed
     data.path = data_root
