@@ -3,11 +3,33 @@
 >>> from geolearn import prepare_data, export_training_data
 """
 
-try:  # TEMP until export lands
-    from geolearn.data.export import export_training_data
-except ModuleNotFoundError:
-    pass
-from geolearn.data.prepare import prepare_data
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["prepare_data", "export_training_data"]
 __version__ = "0.1.0"
+
+# Public names are imported on first use: prepare_data pulls in fastai (about 1 GB of
+# memory and seconds of start-up), which exporting chips or generating data never needs.
+_PUBLIC = {
+    "prepare_data": "geolearn.data.prepare",
+    "export_training_data": "geolearn.data.export",
+}
+
+if TYPE_CHECKING:
+    from geolearn.data.export import export_training_data
+    from geolearn.data.prepare import prepare_data
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'geolearn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
