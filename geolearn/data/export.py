@@ -1,0 +1,1005 @@
+"""``export_training_data``: a georeferenced raster and vector labels → training chips (CONTRACT §1).
+
+The local, open equivalent of arcgis.learn's ``export_training_data`` (ArcGIS Pro's
+"Export Training Data For Deep Learning") for object detection: it slides a
+window over the raster, writes each chip that holds labelled objects (and,
+when asked, background chips), one PASCAL VOC or KITTI label file per chip,
+and the Esri metadata files ``prepare_data`` reads.
+
+How a label becomes a box: the training polygon is intersected with the chip's
+footprint in map coordinates; when enough of it lies in the chip
+(``min_polygon_overlap_ratio``), the bounds of that intersection, taken through
+the inverse of the chip's affine transform, are the box, in chip pixels
+measured at pixel *edges* and never rounded.
+
+The raster is only ever read one window at a time, with GDAL's block cache
+capped to a few rows of chips, so memory does not grow with the raster's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyproj
+import rasterio
+import rasterio.env
+import shapely
+import torch
+from affine import Affine
+from fastprogress.fastprogress import progress_bar
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from geolearn.data.bandstats import BandStats
+from geolearn.data.esri import (
+    EMD_FILE,
+    MAP_FILE,
+    STATS_FILE,
+    ClassInfo,
+    default_color,
+    read_map_txt,
+    write_json,
+    write_map_txt,
+)
+from geolearn.data.labels import ChipLabels, write_kitti, write_voc
+from geolearn.data.tiling import chip_windows, normalize_size
+from geolearn.errors import (
+    BandMismatchError,
+    CRSMismatchError,
+    GeolearnWarning,
+    ImageReadError,
+    LabelFormatError,
+    NoChipsError,
+    NoOverlapError,
+    OutputExistsError,
+)
+
+__all__ = ["export_training_data", "SUMMARY_FILE"]
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "stats.txt"
+_METADATA_FILES = (EMD_FILE, STATS_FILE, MAP_FILE, SUMMARY_FILE)
+
+# chip_format (upper case) -> (GDAL driver, file suffix)
+_CHIP_FORMATS = {
+    "TIFF": ("GTiff", ".tif"),
+    "TIF": ("GTiff", ".tif"),
+    "PNG": ("PNG", ".png"),
+    "JPEG": ("JPEG", ".jpg"),
+    "JPG": ("JPEG", ".jpg"),
+}
+# metadata_format (upper case) -> (MetaDataMode as Esri spells it, label suffix)
+_METADATA_FORMATS = {
+    "PASCAL_VOC_RECTANGLES": ("PASCAL_VOC_rectangles", ".xml"),
+    "KITTI_RECTANGLES": ("KITTI_rectangles", ".txt"),
+}
+# Names a new export may write into images/ and labels/: a leftover file with
+# such a name would be replaced, so overwrite=True refuses instead.
+_CHIP_NAME = re.compile(r"^\d{9}\.(tif|png|jpg|xml|txt)$", re.IGNORECASE)
+# Areas compare as floats: a polygon exactly half inside a chip must pass ratio 0.5.
+_RATIO_TOLERANCE = 1e-9
+# A box must be wider and taller than this (chip pixels) to be written: label files
+# keep two decimals, so anything thinner could read back as an empty box.
+_MIN_BOX_PIXELS = 0.01
+
+
+def export_training_data(
+    input_raster: str | os.PathLike,
+    input_class_data: str | os.PathLike | gpd.GeoDataFrame | None = None,
+    chip_format: str | None = "TIFF",
+    tile_size: int | Mapping[str, int] | None = {"x": 256, "y": 256},  # noqa: B006 - arcgis's default, never mutated
+    stride_size: int | Mapping[str, int] | None = {"x": 128, "y": 128},  # noqa: B006
+    metadata_format: str | None = "PASCAL_VOC_rectangles",
+    classvalue_field: str | None = None,
+    buffer_radius: float | None = None,
+    output_location: str | os.PathLike | None = None,
+    context: dict | None = None,
+    input_mask_polygons: str | os.PathLike | gpd.GeoDataFrame | None = None,
+    rotation_angle: float = 0,
+    reference_system: str = "MAP_SPACE",
+    process_all_raster_items: bool = False,
+    blacken_around_feature: bool = False,
+    fix_chip_size: bool = True,
+    additional_input_raster: Any = None,
+    input_instance_data: Any = None,
+    instance_class_value_field: str | None = None,
+    min_polygon_overlap_ratio: float = 0,
+    *,
+    output_nofeature_tiles: bool | str = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Exports object-detection training chips from a raster and vector labels.
+
+    Same signature, spellings and defaults as arcgis.learn's ``export_training_data``
+    (ArcGIS Pro's "Export Training Data For Deep Learning"), run locally. The output
+    folder is what ``prepare_data`` reads::
+
+        <output_location>/images/000000000.tif ...   chips, numbered in row-major window order
+        <output_location>/labels/000000000.xml ...   one label file per chip (.txt for KITTI)
+        <output_location>/map.txt, esri_model_definition.emd, esri_accumulated_stats.json, stats.txt
+
+    Args:
+        input_raster: path to anything rasterio opens (GeoTIFF, VRT, ...).
+        input_class_data: training samples, a vector file (GeoPackage, shapefile,
+            GeoJSON, ...) or a GeoDataFrame, with an integer class field and an
+            optional ``Classname`` field (ArcGIS's training-sample schema).
+        chip_format: ``'TIFF'`` (GeoTIFF chips carrying their transform and CRS),
+            ``'PNG'`` or ``'JPEG'`` (8-bit, 1 or 3 bands); case-insensitive.
+        tile_size: chip size in pixels, ``{'x': int, 'y': int}`` or an int.
+        stride_size: step between chips in pixels, ``{'x': int, 'y': int}`` or an int.
+        metadata_format: ``'PASCAL_VOC_rectangles'`` or ``'KITTI_rectangles'``.
+        classvalue_field: the integer class field; default: the field named
+            ``Classvalue`` (any case).
+        buffer_radius: half the side, in map units of the raster's CRS, of the
+            square drawn around each point (or line) sample; required for them.
+        output_location: the output folder (required).
+        context: not supported (must be None).
+        input_mask_polygons: optional polygons (path or GeoDataFrame); only chips
+            intersecting them are exported.
+        rotation_angle: only 0 is supported.
+        reference_system: only ``'MAP_SPACE'`` is supported.
+        process_all_raster_items: only False is supported.
+        blacken_around_feature: only False is supported.
+        fix_chip_size: only True (fixed-size chips) is supported.
+        additional_input_raster: not supported (must be None).
+        input_instance_data: not supported (must be None).
+        instance_class_value_field: not supported (must be None).
+        min_polygon_overlap_ratio: in [0, 1]; a sample is labelled in a chip when
+            the area of its part inside the chip, divided by its whole area, is at
+            least this (and above 0).
+        output_nofeature_tiles: also export chips without objects, as background
+            chips with empty label files (True or ``'ALL_TILES'``; default False,
+            ``'ONLY_TILES_WITH_FEATURES'``).
+        overwrite: replace an earlier export in ``output_location``. Only the files
+            that export wrote (those its ``map.txt`` lists, and the metadata files)
+            are deleted; nothing else.
+        progress: show a progress bar over the chip windows.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        NotImplementedError: an arcgis option geolearn does not implement.
+        ValueError: a bad tile/stride size, chip or metadata format, overlap ratio
+            or buffer radius, or no ``output_location``.
+        LabelFormatError: no class field, non-integer class values, or point/line
+            samples without ``buffer_radius``.
+        BandMismatchError: a raster JPEG (or PNG) chips cannot hold.
+        CRSMismatchError: labels with a CRS against a raster without one.
+        NoOverlapError: labels that miss the raster.
+        OutputExistsError: ``output_location`` holds an export and ``overwrite`` is False.
+        NoChipsError: no window produced a chip.
+
+    Example:
+        >>> export_training_data("ortho.tif", "pools.gpkg", output_location="chips",
+        ...                      tile_size={"x": 256, "y": 256}, stride_size={"x": 128, "y": 128},
+        ...                      buffer_radius=None)  # doctest: +SKIP
+        PosixPath('chips')
+    """
+    _refuse_unsupported(
+        context=context,
+        rotation_angle=rotation_angle,
+        reference_system=reference_system,
+        process_all_raster_items=process_all_raster_items,
+        blacken_around_feature=blacken_around_feature,
+        fix_chip_size=fix_chip_size,
+        additional_input_raster=additional_input_raster,
+        input_instance_data=input_instance_data,
+        instance_class_value_field=instance_class_value_field,
+    )
+    options = _Options.parse(
+        chip_format=chip_format,
+        tile_size=tile_size,
+        stride_size=stride_size,
+        metadata_format=metadata_format,
+        min_polygon_overlap_ratio=min_polygon_overlap_ratio,
+        output_nofeature_tiles=output_nofeature_tiles,
+    )
+    if input_class_data is None:
+        raise ValueError(
+            "input_class_data is required: pass the training samples (a vector file or a "
+            "GeoDataFrame with an integer Classvalue field) that label the objects."
+        )
+    if output_location is None:
+        raise ValueError(
+            "output_location is required: pass the folder to write images/, labels/ and the "
+            "Esri metadata files to, e.g. output_location='chips'."
+        )
+    root = Path(output_location)
+    raster_path = Path(input_raster)
+    _check_output(root, overwrite)
+
+    with _open_raster(raster_path) as src, _bounded_block_cache(src, options.tile):
+        _check_chip_format(src, options, raster_path)
+        samples = _read_samples(input_class_data, classvalue_field, buffer_radius, src, raster_path)
+        masks = None
+        if input_mask_polygons is not None:
+            masks = _to_raster_crs(_read_vector(input_mask_polygons, "input_mask_polygons"),
+                                   src.crs, "input_mask_polygons", raster_path)
+        # Inputs are all checked before the output folder is touched: a bad call leaves no trace.
+        _prepare_output(root)
+        tally = _Tally.start(samples.classes, src.count)
+        pairs: list[tuple[str, str]] = []
+        try:
+            _export_chips(src, samples, masks, options, root, tally, pairs, progress)
+        finally:
+            # Even when interrupted: map.txt records what this export wrote, which is
+            # exactly what a later overwrite=True may delete.
+            write_map_txt(root, pairs)
+        if not pairs:
+            raise NoChipsError(
+                f"No chip was exported from {raster_path}: {tally.describe_skips()}. Lower "
+                "min_polygon_overlap_ratio, check input_mask_polygons, or pass "
+                "output_nofeature_tiles=True to export background chips too."
+            )
+        _write_metadata(root, src, raster_path, samples.classes, options, tally)
+    logger.info("exported %d chips (%d objects) to %s", len(pairs), tally.n_features, root)
+    return root
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def _refuse_unsupported(**given: Any) -> None:
+    """Raises NotImplementedError for an arcgis option geolearn does not implement."""
+    supported = {
+        "context": (None, "None"),
+        "rotation_angle": (0, "0"),
+        "reference_system": ("MAP_SPACE", "'MAP_SPACE'"),
+        "process_all_raster_items": (False, "False"),
+        "blacken_around_feature": (False, "False"),
+        "fix_chip_size": (True, "True"),
+        "additional_input_raster": (None, "None"),
+        "input_instance_data": (None, "None"),
+        "instance_class_value_field": (None, "None"),
+    }
+    for name, value in given.items():
+        default, spelled = supported[name]
+        if name == "reference_system" and isinstance(value, str):
+            value = value.upper()
+        if name == "context" and not value:  # {} is as good as None
+            value = None
+        refused = value is not None if default is None else value != default
+        if refused:
+            raise NotImplementedError(
+                f"export_training_data: {name}={given[name]!r} is not supported. geolearn "
+                f"exports map-space object-detection chips and supports only {name}={spelled}; "
+                "use ArcGIS Pro for this option."
+            )
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Parsed and validated export options."""
+
+    driver: str
+    chip_suffix: str
+    chip_format: str
+    metadata_mode: str
+    label_suffix: str
+    tile: tuple[int, int]
+    stride: tuple[int, int]
+    min_overlap: float
+    keep_background: bool
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        chip_format: str | None,
+        tile_size: Any,
+        stride_size: Any,
+        metadata_format: str | None,
+        min_polygon_overlap_ratio: float,
+        output_nofeature_tiles: bool | str,
+    ) -> "_Options":
+        chip_key = str(chip_format or "TIFF").upper()
+        if chip_key == "MRF":
+            raise NotImplementedError(
+                "chip_format='MRF' is not supported; geolearn writes 'TIFF', 'PNG' or 'JPEG' chips."
+            )
+        if chip_key not in _CHIP_FORMATS:
+            raise ValueError(
+                f"chip_format={chip_format!r} is not a chip format; use 'TIFF', 'PNG' or 'JPEG'."
+            )
+        meta_key = str(metadata_format or "PASCAL_VOC_rectangles").upper()
+        if meta_key not in _METADATA_FORMATS:
+            raise NotImplementedError(
+                f"metadata_format={metadata_format!r} is not supported; geolearn exports object "
+                "detection labels only: 'PASCAL_VOC_rectangles' or 'KITTI_rectangles'."
+            )
+        ratio = float(min_polygon_overlap_ratio)
+        if not 0 <= ratio <= 1:
+            raise ValueError(
+                f"min_polygon_overlap_ratio={min_polygon_overlap_ratio!r} must lie in [0, 1] (the "
+                "fraction of a sample's area that must fall in a chip)."
+            )
+        driver, chip_suffix = _CHIP_FORMATS[chip_key]
+        metadata_mode, label_suffix = _METADATA_FORMATS[meta_key]
+        return cls(
+            driver=driver,
+            chip_suffix=chip_suffix,
+            chip_format={"GTiff": "TIFF", "PNG": "PNG", "JPEG": "JPEG"}[driver],
+            metadata_mode=metadata_mode,
+            label_suffix=label_suffix,
+            tile=normalize_size(256 if tile_size is None else tile_size, "tile_size"),
+            stride=normalize_size(128 if stride_size is None else stride_size, "stride_size"),
+            min_overlap=ratio,
+            keep_background=_parse_keep_background(output_nofeature_tiles),
+        )
+
+
+def _parse_keep_background(value: bool | str) -> bool:
+    """output_nofeature_tiles as a bool; ArcGIS Pro spells it ALL_TILES / ONLY_TILES_WITH_FEATURES."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    spelled = {"ALL_TILES": True, "ONLY_TILES_WITH_FEATURES": False}
+    if isinstance(value, str) and value.upper() in spelled:
+        return spelled[value.upper()]
+    raise ValueError(
+        f"output_nofeature_tiles={value!r}: expected True/False, 'ALL_TILES' or "
+        "'ONLY_TILES_WITH_FEATURES'."
+    )
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _open_raster(path: Path) -> DatasetReader:
+    if not path.exists() and "://" not in str(path) and not str(path).startswith("/vsi"):
+        raise FileNotFoundError(f"input_raster {path} does not exist; pass the path of a raster file.")
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as err:
+        raise ImageReadError(f"input_raster {path} cannot be opened as a raster: {err}") from None
+
+
+def _bounded_block_cache(src: DatasetReader, tile: tuple[int, int]) -> contextlib.AbstractContextManager:
+    """Caps GDAL's block cache for the export, unless the user set GDAL_CACHEMAX.
+
+    GDAL keeps every decoded block until its cache (5 % of RAM by default) is full,
+    so sweeping a large raster would hold most of it in memory. Row-major windows
+    only revisit the blocks of the current and the previous row of chips, so a
+    cache of two such strips (bands and nodata mask, at least 16 MiB) still reads
+    each block once, and memory no longer grows with the raster's height.
+    """
+    if "GDAL_CACHEMAX" in os.environ or (rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()):
+        return contextlib.nullcontext()
+    block_height = src.block_shapes[0][0] if src.block_shapes else 1
+    bytes_per_pixel = src.count * np.dtype(src.dtypes[0]).itemsize + 1  # + 1: the mask band
+    strip_bytes = (tile[1] + block_height) * src.width * bytes_per_pixel
+    return rasterio.Env(GDAL_CACHEMAX=max(16 * 2**20, 2 * strip_bytes))
+
+
+def _check_chip_format(src: DatasetReader, options: _Options, raster_path: Path) -> None:
+    """Refuses rasters the chip format cannot hold, before anything is written."""
+    dtype = src.dtypes[0]
+    if options.driver == "JPEG" and (dtype != "uint8" or src.count not in (1, 3)):
+        raise BandMismatchError(
+            f"chip_format='JPEG' holds 8-bit images with 1 or 3 bands; {raster_path} has "
+            f"{src.count} band(s) of {dtype}. Use chip_format='TIFF', which keeps every band "
+            "and the data type."
+        )
+    if options.driver == "PNG" and (dtype not in ("uint8", "uint16") or src.count > 4):
+        raise BandMismatchError(
+            f"chip_format='PNG' holds 8- or 16-bit images with 1 to 4 bands; {raster_path} has "
+            f"{src.count} band(s) of {dtype}. Use chip_format='TIFF', which keeps every band "
+            "and the data type."
+        )
+
+
+def _read_vector(data: Any, what: str) -> gpd.GeoDataFrame:
+    """A GeoDataFrame from a GeoDataFrame, GeoSeries or a path to a vector file."""
+    if isinstance(data, gpd.GeoDataFrame):
+        return data
+    if isinstance(data, gpd.GeoSeries):
+        return data.to_frame("geometry")
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.exists():
+            raise FileNotFoundError(f"{what} {path} does not exist; pass a vector file or a GeoDataFrame.")
+        return gpd.read_file(path, engine="pyogrio")
+    raise TypeError(
+        f"{what} must be a path to a vector file (GeoPackage, shapefile, GeoJSON, ...) or a "
+        f"GeoDataFrame, not {type(data).__name__}."
+    )
+
+
+def _crs_label(crs: Any) -> str:
+    """'EPSG:32633 (WGS 84 / UTM zone 33N)' for messages."""
+    crs = pyproj.CRS.from_user_input(crs)
+    authority = crs.to_authority()
+    code = f"{authority[0]}:{authority[1]}" if authority else "custom CRS"
+    return f"{code} ({crs.name})"
+
+
+def _to_raster_crs(frame: gpd.GeoDataFrame, raster_crs: CRS | None, what: str,
+                   raster_path: Path) -> gpd.GeoDataFrame:
+    """The frame in the raster's CRS: reprojected (logged), assumed (warned) or refused."""
+    if frame.crs is None:
+        if raster_crs is not None:
+            warnings.warn(
+                f"{what} has no CRS; assuming it is in the raster's CRS {_crs_label(raster_crs)}. "
+                "Set the labels' CRS (GeoDataFrame.set_crs) if that is wrong.",
+                GeolearnWarning,
+                stacklevel=4,
+            )
+            return frame.set_crs(raster_crs.to_wkt())
+        return frame  # neither has a CRS: the labels are in the raster's own coordinates
+    if raster_crs is None:
+        raise CRSMismatchError(
+            f"{what} is in {_crs_label(frame.crs)} but the raster {raster_path} has no CRS (a plain "
+            "PNG/JPEG or a GeoTIFF without georeferencing), so the labels cannot be placed on it. "
+            "Export from the georeferenced original raster, georeference this one (e.g. "
+            "`gdal_translate -a_srs EPSG:... -a_ullr ...`), or give labels without a CRS in the "
+            "raster's own coordinates."
+        )
+    target = pyproj.CRS.from_user_input(raster_crs.to_wkt())
+    if frame.crs.equals(target, ignore_axis_order=True):
+        return frame
+    logger.info("reprojecting %s from %s to the raster's CRS %s", what, _crs_label(frame.crs),
+                _crs_label(target))
+    return frame.to_crs(target)
+
+
+def _find_column(frame: gpd.GeoDataFrame, name: str) -> str | None:
+    """The column called ``name``, exactly or else ignoring case (ArcGIS field names ignore case)."""
+    if name in frame.columns:
+        return name
+    matches = [c for c in frame.columns if isinstance(c, str) and c.lower() == name.lower()]
+    return matches[0] if matches else None
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """Training samples in the raster's CRS, ready for window queries.
+
+    Attributes:
+        frame: the samples (polygons in map coordinates of the raster CRS), with a spatial index.
+        map_geoms: ``object[N]`` shapely polygons, the frame's geometries.
+        map_areas: ``float64[N]`` their areas in squared map units.
+        values: ``int64[N]`` class values.
+        classes: the classes, sorted by value.
+    """
+
+    frame: gpd.GeoDataFrame
+    map_geoms: np.ndarray
+    map_areas: np.ndarray
+    values: np.ndarray
+    classes: list[ClassInfo]
+
+
+def _read_samples(data: Any, classvalue_field: str | None, buffer_radius: float | None,
+                  src: DatasetReader, raster_path: Path) -> _Samples:
+    """Reads, validates and reprojects the training samples."""
+    frame = _read_vector(data, "input_class_data")
+    value_column = _class_column(frame, classvalue_field)
+
+    geoms = frame.geometry.values
+    unusable = np.asarray(geoms.isna() | geoms.is_empty)
+    if unusable.any():
+        warnings.warn(
+            f"input_class_data: skipped {int(unusable.sum())} of {len(frame)} features with a "
+            "null or empty geometry.",
+            GeolearnWarning,
+            stacklevel=3,
+        )
+        frame = frame.loc[~unusable]
+    values = _class_values(frame, value_column)
+    classes = _class_infos(frame, values)
+    _check_buffer_radius(np.asarray(frame.geometry.values, dtype=object), buffer_radius)
+
+    frame = _to_raster_crs(frame, src.crs, "input_class_data", raster_path)
+    map_geoms = np.asarray(frame.geometry.values, dtype=object)
+    # Reprojection can leave infinite coordinates (e.g. lat/lon swapped) and polygons can
+    # collapse to no area: neither can be labelled.
+    usable = np.isfinite(shapely.bounds(map_geoms)).all(axis=1)
+    map_geoms[usable] = _as_polygons(map_geoms[usable], buffer_radius)
+    usable[usable] = shapely.area(map_geoms[usable]) > 0
+    if not usable.all():
+        warnings.warn(
+            f"input_class_data: skipped {int((~usable).sum())} features whose geometry has no "
+            "area or no finite coordinates in the raster's CRS.",
+            GeolearnWarning,
+            stacklevel=3,
+        )
+    map_geoms, values = map_geoms[usable], values[usable]
+    frame = gpd.GeoDataFrame({"value": values}, geometry=map_geoms, crs=frame.crs)
+    samples = _Samples(frame, map_geoms, shapely.area(map_geoms), values, classes)
+    _check_overlap(samples, src, raster_path)
+    return samples
+
+
+def _class_column(frame: gpd.GeoDataFrame, classvalue_field: str | None) -> str:
+    column = _find_column(frame, classvalue_field or "Classvalue")
+    if column is None:
+        available = [c for c in frame.columns if c != frame.geometry.name]
+        asked = f"classvalue_field={classvalue_field!r}" if classvalue_field else "the default field 'Classvalue'"
+        raise LabelFormatError(
+            f"input_class_data has no field for {asked}; its fields are {available}. Pass "
+            "classvalue_field='<the integer class field>' or add an integer 'Classvalue' field "
+            "(ArcGIS's training-sample schema)."
+        )
+    return column
+
+
+def _class_values(frame: gpd.GeoDataFrame, column: str) -> np.ndarray:
+    """The class field as int64, refusing nulls, text and fractional numbers."""
+    raw = frame[column]
+    if pd.api.types.is_bool_dtype(raw) or not pd.api.types.is_numeric_dtype(raw):
+        bad = raw
+    else:  # nulls compare as NA: fillna makes them bad too
+        whole = (raw.round() == raw).fillna(False).astype(bool)
+        bad = raw[~whole]
+    if len(bad):
+        examples = [repr(v) for v in pd.unique(bad)[:5]]
+        raise LabelFormatError(
+            f"input_class_data field {column!r} ({raw.dtype}) must hold integer class values; "
+            f"{len(bad)} features have values such as {', '.join(examples)}. Store class values "
+            "as integers (names go in a 'Classname' field) or pass another classvalue_field."
+        )
+    return raw.to_numpy(dtype=np.int64)
+
+
+def _class_infos(frame: gpd.GeoDataFrame, values: np.ndarray) -> list[ClassInfo]:
+    """Classes sorted by value; names from ``Classname`` when present, else the value."""
+    name_column = _find_column(frame, "Classname")
+    names: dict[int, str] = {}
+    if name_column is not None:
+        for value, name in zip(values.tolist(), frame[name_column].tolist()):
+            if value not in names and not pd.isna(name) and str(name).strip():
+                names[value] = str(name).strip()
+    return [ClassInfo(v, names.get(v, str(v)), default_color(v)) for v in sorted(set(values.tolist()))]
+
+
+# shapely type ids of geometries without area: points, lines, rings, multipoints, multilines
+_NO_AREA_TYPES = {0: "points", 1: "lines", 2: "rings", 4: "multipoints", 5: "multilines"}
+
+
+def _check_buffer_radius(geoms: np.ndarray, buffer_radius: float | None) -> None:
+    """Points and lines have no extent: they need a buffer_radius to become boxes."""
+    type_ids = shapely.get_type_id(geoms)
+    no_area = np.isin(type_ids, list(_NO_AREA_TYPES))
+    if no_area.any() and buffer_radius is None:
+        names = ", ".join(_NO_AREA_TYPES[k] for k in sorted(set(type_ids[no_area].tolist())))
+        raise LabelFormatError(
+            f"input_class_data has {int(no_area.sum())} features without area ({names}); a box "
+            "needs an extent. Pass buffer_radius=<half the object's width, in map units of the "
+            "raster's CRS> to draw a square around each."
+        )
+    if no_area.any() and not buffer_radius > 0:
+        raise ValueError(f"buffer_radius={buffer_radius!r} must be a positive distance in map units.")
+
+
+def _as_polygons(map_geoms: np.ndarray, buffer_radius: float | None) -> np.ndarray:
+    """Points and lines buffered to squares (map units of the raster CRS), invalid polygons repaired."""
+    map_geoms = map_geoms.copy()
+    no_area = np.isin(shapely.get_type_id(map_geoms), list(_NO_AREA_TYPES))
+    if no_area.any():
+        # Square caps and mitred joins: a point becomes an axis-aligned square of side 2 r.
+        map_geoms[no_area] = shapely.buffer(
+            map_geoms[no_area], buffer_radius, cap_style="square", join_style="mitre"
+        )
+    invalid = ~shapely.is_valid(map_geoms)
+    if invalid.any():
+        # Self-intersecting rings would make the chip intersections raise.
+        logger.info("repaired %d invalid polygons in input_class_data", int(invalid.sum()))
+        map_geoms[invalid] = shapely.make_valid(map_geoms[invalid])
+    return map_geoms
+
+
+def _footprint(transform: Affine, width: float, height: float) -> shapely.Polygon:
+    """The map-space polygon of a ``width`` x ``height`` pixel window with this transform."""
+    cols = np.array([0.0, width, width, 0.0])
+    rows = np.array([0.0, 0.0, height, height])
+    xs, ys = _apply(transform, cols, rows)
+    return shapely.Polygon(np.column_stack([xs, ys]))
+
+
+def _apply(transform: Affine, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An affine transform applied to coordinate arrays (vectorised)."""
+    return (transform.a * xs + transform.b * ys + transform.c,
+            transform.d * xs + transform.e * ys + transform.f)
+
+
+_LIKELY_CAUSES = (
+    "Likely causes: the labels' CRS is declared wrong (coordinates in metres tagged EPSG:4326, "
+    "or latitude/longitude swapped) or they belong to another raster."
+)
+
+
+def _check_overlap(samples: _Samples, src: DatasetReader, raster_path: Path) -> None:
+    """Refuses labels of which no feature touches the raster, giving both extents."""
+    crs = _crs_label(src.crs) if src.crs is not None else "pixel coordinates (no CRS)"
+    if not len(samples.frame):
+        raise NoOverlapError(
+            f"input_class_data has no feature with an area and finite coordinates in the raster's "
+            f"CRS {crs}, so nothing can label {raster_path}. {_LIKELY_CAUSES}"
+        )
+    raster_footprint = _footprint(src.transform, src.width, src.height)
+    if len(samples.frame.sindex.query(raster_footprint, predicate="intersects")):
+        return
+    left, bottom, right, top = (f"{v:.6g}" for v in samples.frame.total_bounds)
+    raise NoOverlapError(
+        f"input_class_data does not overlap the raster {raster_path}. In the raster's CRS "
+        f"{crs}, the raster covers x {src.bounds.left:.6g}..{src.bounds.right:.6g}, "
+        f"y {src.bounds.bottom:.6g}..{src.bounds.top:.6g}, but the labels cover x {left}..{right}, "
+        f"y {bottom}..{top}. {_LIKELY_CAUSES}"
+    )
+
+
+# ----------------------------------------------------------------------------- output folder
+
+
+def _check_output(root: Path, overwrite: bool) -> None:
+    """Refuses an output folder that holds an earlier export, unless overwriting."""
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"output_location {root} is a file; pass a folder.")
+    found = _export_traces(root)
+    if found and not overwrite:
+        raise OutputExistsError(
+            f"output_location {root} already holds an export ({', '.join(found)}). Pass "
+            "overwrite=True to replace it, or choose another output_location."
+        )
+
+
+def _prepare_output(root: Path) -> None:
+    """Makes ``root/images`` and ``root/labels``, clearing an earlier export first."""
+    if _export_traces(root):
+        _remove_previous_export(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(exist_ok=True)
+
+
+def _export_traces(root: Path) -> list[str]:
+    """What in ``root`` shows an earlier export: non-empty images/ or labels/, metadata files."""
+    found = [f"{name}/" for name in ("images", "labels")
+             if (root / name).is_dir() and any((root / name).iterdir())]
+    found += [name for name in _METADATA_FILES
+              if (root / name).is_file() and (root / name).stat().st_size > 0]
+    return found
+
+
+def _remove_previous_export(root: Path) -> None:
+    """Deletes what an earlier export wrote (its map.txt's files, the metadata files), nothing else."""
+    written: list[Path] = []
+    if (root / MAP_FILE).is_file():
+        # read_map_txt keeps bare file names: a listed path can never leave images/ or labels/.
+        for image, label in read_map_txt(root):
+            written += [root / "images" / image, root / "labels" / label]
+    written += [root / name for name in _METADATA_FILES]
+    removed = 0
+    for path in written:
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    logger.info("overwrite=True: removed %d files of the earlier export in %s", removed, root)
+
+    leftovers = [p for folder in ("images", "labels") if (root / folder).is_dir()
+                 for p in sorted((root / folder).iterdir())]
+    clashing = [p for p in leftovers if _CHIP_NAME.match(p.name)]
+    if clashing:
+        raise OutputExistsError(
+            f"output_location {root}: {len(clashing)} files named like chips or labels (e.g. "
+            f"{clashing[0].relative_to(root)}) are not listed in the earlier export's map.txt "
+            "(an interrupted export?). geolearn deletes only files an export recorded, and new "
+            "chips would replace these: delete them yourself, or choose another output_location."
+        )
+    if leftovers:
+        warnings.warn(
+            f"output_location {root}: {len(leftovers)} other files in images/ and labels/ were not "
+            "written by the earlier export and are left in place; prepare_data may pick them up.",
+            GeolearnWarning,
+            stacklevel=4,
+        )
+
+
+# ----------------------------------------------------------------------------- chips
+
+
+@dataclass
+class _Tally:
+    """What the export wrote, for the metadata files.
+
+    Attributes:
+        class_values: ``int64[C]`` sorted class values.
+        band_stats: statistics of the valid pixels of the written chips.
+        images_per_class, features_per_class: ``int64[C]``.
+        area_min, area_max, area_sum: ``float64[C]`` box areas in chip pixels².
+        n_chips, n_features, min/max objects per chip.
+        skipped: windows skipped, by reason.
+    """
+
+    class_values: np.ndarray
+    band_stats: BandStats
+    images_per_class: np.ndarray
+    features_per_class: np.ndarray
+    area_min: np.ndarray
+    area_max: np.ndarray
+    area_sum: np.ndarray
+    n_chips: int = 0
+    n_features: int = 0
+    n_background: int = 0
+    min_per_chip: int | None = None
+    max_per_chip: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: {"no feature": 0, "outside mask": 0, "nodata": 0})
+
+    @classmethod
+    def start(cls, classes: list[ClassInfo], n_bands: int) -> "_Tally":
+        n = len(classes)
+        return cls(
+            class_values=np.array([c.value for c in classes], dtype=np.int64),
+            band_stats=BandStats(n_bands),
+            images_per_class=np.zeros(n, dtype=np.int64),
+            features_per_class=np.zeros(n, dtype=np.int64),
+            area_min=np.full(n, np.inf),
+            area_max=np.zeros(n),
+            area_sum=np.zeros(n),
+        )
+
+    def add(self, values: np.ndarray, chip_boxes: np.ndarray, pixels: np.ndarray, valid: np.ndarray) -> None:
+        """Adds a written chip: its objects' class values and boxes, its pixels and valid mask."""
+        positions = np.searchsorted(self.class_values, values)
+        areas = (chip_boxes[:, 2] - chip_boxes[:, 0]) * (chip_boxes[:, 3] - chip_boxes[:, 1])
+        np.add.at(self.features_per_class, positions, 1)
+        self.images_per_class[np.unique(positions)] += 1
+        np.minimum.at(self.area_min, positions, areas)
+        np.maximum.at(self.area_max, positions, areas)
+        np.add.at(self.area_sum, positions, areas)
+        self.n_chips += 1
+        self.n_features += len(values)
+        self.n_background += int(len(values) == 0)
+        self.min_per_chip = len(values) if self.min_per_chip is None else min(self.min_per_chip, len(values))
+        self.max_per_chip = max(self.max_per_chip, len(values))
+        self.band_stats.update(pixels, valid)
+
+    def describe_skips(self) -> str:
+        parts = [f"{count} windows skipped ({reason})" for reason, count in self.skipped.items() if count]
+        return ", ".join(parts) or "no windows"
+
+
+def _export_chips(src: DatasetReader, samples: _Samples, masks: gpd.GeoDataFrame | None,
+                  options: _Options, root: Path, tally: _Tally, pairs: list[tuple[str, str]],
+                  progress: bool) -> None:
+    """Writes the chips and label files, appending their (image, label) file names to ``pairs``."""
+    windows = chip_windows(src.width, src.height, options.tile, options.stride)
+    raster_window = Window(0, 0, src.width, src.height)
+    for window in progress_bar(windows) if progress else windows:
+        chip_transform = src.window_transform(window)
+        # A chip larger than the raster overhangs it: only its part on the raster holds
+        # data, so only that part may carry labels.
+        on_raster = window.intersection(raster_window)
+        footprint = _footprint(src.window_transform(on_raster), on_raster.width, on_raster.height)
+        chip_boxes, values = _window_objects(samples, footprint, chip_transform, options)
+        if len(values) == 0 and not options.keep_background:
+            tally.skipped["no feature"] += 1
+            continue
+        if masks is not None and not len(masks.sindex.query(footprint, predicate="intersects")):
+            tally.skipped["outside mask"] += 1
+            continue
+        overhangs = on_raster.width < window.width or on_raster.height < window.height
+        valid = src.dataset_mask(window=window, boundless=overhangs) > 0
+        if not valid.any():
+            tally.skipped["nodata"] += 1
+            continue
+        pixels = src.read(window=window, boundless=overhangs, fill_value=src.nodata or 0)
+
+        stem = f"{len(pairs):09d}"
+        image_name, label_name = stem + options.chip_suffix, stem + options.label_suffix
+        pairs.append((image_name, label_name))  # before writing: an interruption is still recorded
+        _write_chip(root / "images" / image_name, pixels, options.driver, src, chip_transform)
+        labels = ChipLabels(torch.from_numpy(chip_boxes.astype(np.float32)),
+                            tuple(str(v) for v in values.tolist()))
+        _write_labels(root / "labels" / label_name, labels, image_name, pixels.shape, options)
+        tally.add(values, chip_boxes, pixels, valid)
+
+
+def _window_objects(samples: _Samples, footprint: shapely.Polygon, chip_transform: Affine,
+                    options: _Options) -> tuple[np.ndarray, np.ndarray]:
+    """The objects of one chip.
+
+    Args:
+        samples: the training samples in map coordinates.
+        footprint: the chip's part on the raster, a polygon in map coordinates.
+        chip_transform: the chip's affine (chip pixels → map coordinates).
+        options: tile size and minimum overlap ratio.
+
+    Returns:
+        ``(chip_boxes, values)``: ``float64[K, 4]`` xyxy boxes in chip pixels (edges,
+        clamped to the tile) and ``int64[K]`` class values, in the samples' order.
+    """
+    hits = np.sort(samples.frame.sindex.query(footprint, predicate="intersects"))
+    if len(hits) == 0:
+        return np.zeros((0, 4)), np.zeros(0, dtype=np.int64)
+    inside = shapely.intersection(samples.map_geoms[hits], footprint)
+    ratio = shapely.area(inside) / samples.map_areas[hits]
+    keep = (ratio > 0) & (ratio >= options.min_overlap - _RATIO_TOLERANCE)
+    chip_boxes = _chip_pixel_bounds(inside[keep], ~chip_transform)
+    tile_x, tile_y = options.tile
+    chip_boxes[:, 0::2] = chip_boxes[:, 0::2].clip(0, tile_x)
+    chip_boxes[:, 1::2] = chip_boxes[:, 1::2].clip(0, tile_y)
+    values = samples.values[hits][keep]
+    # Polygons that merely graze the chip (an edge a rounding error or a sliver of a
+    # pixel inside) leave boxes with no visible pixels, which the label files' two
+    # decimals would even turn into empty boxes: they are not objects of this chip.
+    sized = ((chip_boxes[:, 2] - chip_boxes[:, 0]) > _MIN_BOX_PIXELS) & (
+        (chip_boxes[:, 3] - chip_boxes[:, 1]) > _MIN_BOX_PIXELS
+    )
+    return chip_boxes[sized], values[sized]
+
+
+def _chip_pixel_bounds(map_geoms: np.ndarray, to_pixels: Affine) -> np.ndarray:
+    """Pixel bounding boxes of map-space geometries.
+
+    Every vertex goes through ``to_pixels`` (map → chip pixels) before taking the
+    min/max, so the box is right for rotated or sheared transforms too.
+
+    Args:
+        map_geoms: ``object[K]`` non-empty shapely geometries in map coordinates.
+        to_pixels: the inverse of the chip's transform.
+
+    Returns:
+        ``float64[K, 4]`` ``(xmin, ymin, xmax, ymax)`` in chip pixels (edges, unrounded).
+    """
+    if len(map_geoms) == 0:
+        return np.zeros((0, 4))
+    coords, owner = shapely.get_coordinates(map_geoms, return_index=True)
+    cols, rows = _apply(to_pixels, coords[:, 0], coords[:, 1])
+    starts = np.flatnonzero(np.diff(owner, prepend=-1))  # owner is sorted: one run per geometry
+    return np.column_stack([
+        np.minimum.reduceat(cols, starts), np.minimum.reduceat(rows, starts),
+        np.maximum.reduceat(cols, starts), np.maximum.reduceat(rows, starts),
+    ])
+
+
+def _write_chip(path: Path, pixels: np.ndarray, driver: str, src: DatasetReader, chip_transform: Affine) -> None:
+    """Writes one chip; GeoTIFF chips carry the chip's transform, the CRS and nodata."""
+    bands, height, width = pixels.shape
+    profile: dict[str, Any] = {"driver": driver, "width": width, "height": height, "count": bands,
+                               "dtype": pixels.dtype}
+    if driver == "GTiff":
+        profile.update(crs=src.crs, transform=chip_transform, nodata=src.nodata)
+    with warnings.catch_warnings():
+        # PNG/JPEG chips are deliberately not georeferenced (no .aux.xml side files).
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(pixels)
+
+
+def _write_labels(path: Path, labels: ChipLabels, image_name: str, shape: tuple[int, ...],
+                  options: _Options) -> None:
+    if options.metadata_mode == "KITTI_rectangles":
+        write_kitti(path, labels)
+    else:
+        bands, height, width = shape
+        write_voc(path, labels, image_name=image_name, width=width, height=height, depth=bands)
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def _geolearn_version() -> str:
+    import geolearn  # at call time: the package imports this module
+
+    return str(getattr(geolearn, "__version__", "unknown"))
+
+
+def _spatial_reference(crs: CRS | None) -> dict[str, Any]:
+    if crs is None:
+        return {}
+    epsg = crs.to_epsg()
+    return {"wkid": epsg} if epsg is not None else {"wkt": crs.to_wkt()}
+
+
+def _write_metadata(root: Path, src: DatasetReader, raster_path: Path, classes: list[ClassInfo],
+                    options: _Options, tally: _Tally) -> None:
+    """Writes the EMD, the accumulated stats and the human-readable summary."""
+    stats = tally.band_stats
+    cell_size = {"x": src.res[0], "y": src.res[1]}
+    spatial_reference = _spatial_reference(src.crs)
+    if spatial_reference:
+        cell_size["spatialReference"] = spatial_reference
+    tile_x, tile_y = options.tile
+    band_names = [desc or f"Band_{b + 1}" for b, desc in enumerate(src.descriptions)]
+
+    write_json(root / EMD_FILE, {
+        "MetaDataMode": options.metadata_mode,
+        "ImageHeight": tile_y,
+        "ImageWidth": tile_x,
+        "ImageSpaceUsed": "MAP_SPACE",
+        "Classes": [c.to_esri() for c in classes],
+        "ExtractBands": list(range(src.count)),
+        "CellSize": cell_size,
+        "MinCellSize": cell_size,
+        "MaxCellSize": cell_size,
+        "AllTilesStats": [
+            {"Min": float(stats.minimum[b]), "Max": float(stats.maximum[b]),
+             "Mean": float(stats.mean[b]), "StdDev": float(stats.std[b])}
+            for b in range(stats.n_bands)
+        ],
+        "InputRastersProps": {"RasterCount": 1, "BandNames": band_names},
+        "geolearn": {
+            "version": _geolearn_version(),
+            "source_raster": str(raster_path.resolve()),
+            "crs_wkt": src.crs.to_wkt() if src.crs is not None else None,
+            "dtype": src.dtypes[0],
+            "tile_size": {"x": tile_x, "y": tile_y},
+            "stride_size": {"x": options.stride[0], "y": options.stride[1]},
+            "chip_format": options.chip_format,
+            "min_polygon_overlap_ratio": options.min_overlap,
+        },
+    })
+    counts = np.maximum(tally.features_per_class, 1)
+    write_json(root / STATS_FILE, {
+        "Version": "1.0",
+        "NumBands": src.count,
+        "TileSizeX": tile_x,
+        "TileSizeY": tile_y,
+        "NumClasses": len(classes),
+        "NumTiles": tally.n_chips,
+        "OutputFeatures": tally.n_features,
+        "MetaDataMode": options.metadata_mode,
+        "MinCellSize": cell_size,
+        "MaxCellSize": cell_size,
+        "FeatureStats": {
+            "NumImagesTotal": tally.n_chips,
+            "NumFeaturesTotal": tally.n_features,
+            "NumImagesPerClass": tally.images_per_class.tolist(),
+            "NumFeaturesPerClass": tally.features_per_class.tolist(),
+            "NumFeaturesPerImage": {
+                "Min": tally.min_per_chip or 0,
+                "Max": tally.max_per_chip,
+                "Mean": tally.n_features / tally.n_chips,
+            },
+            # Box areas in chip pixels²; 0 for a class without any written object.
+            "FeatureAreaPerClass": [
+                {"Min": float(lo) if n else 0.0, "Max": float(hi), "Mean": float(total / count)}
+                for lo, hi, total, count, n in zip(tally.area_min, tally.area_max, tally.area_sum,
+                                                   counts, tally.features_per_class)
+            ],
+        },
+        "BandStatsState": stats.to_esri(),
+    })
+    (root / SUMMARY_FILE).write_text(_summary(raster_path, classes, options, tally, band_names))
+
+
+def _summary(raster_path: Path, classes: list[ClassInfo], options: _Options, tally: _Tally,
+             band_names: list[str]) -> str:
+    """stats.txt: what was exported, for people (never parsed)."""
+    stats = tally.band_stats
+    lines = [
+        f"geolearn {_geolearn_version()} export of {raster_path}",
+        f"chips: {tally.n_chips} ({tally.n_chips - tally.n_background} with objects, "
+        f"{tally.n_background} background); objects: {tally.n_features}",
+        f"windows skipped: {tally.describe_skips()}",
+        f"tile {options.tile[0]} x {options.tile[1]} px, stride {options.stride[0]} x "
+        f"{options.stride[1]} px, {options.chip_format} chips, {options.metadata_mode} labels, "
+        f"min_polygon_overlap_ratio {options.min_overlap:g}",
+        "",
+        f"{'value':>6} {'name':<20} {'chips':>7} {'objects':>8} {'box area px² min/mean/max':>28}",
+    ]
+    for i, info in enumerate(classes):
+        n = int(tally.features_per_class[i])
+        area = (f"{tally.area_min[i]:.1f}/{tally.area_sum[i] / n:.1f}/{tally.area_max[i]:.1f}"
+                if n else "-")
+        lines.append(f"{info.value:>6} {info.name:<20} {int(tally.images_per_class[i]):>7} {n:>8} {area:>28}")
+    lines += ["", f"{'band':<12} {'min':>12} {'max':>12} {'mean':>12} {'std':>12} {'pixels':>12}"]
+    for b, name in enumerate(band_names):
+        lines.append(f"{name:<12} {stats.minimum[b]:>12.6g} {stats.maximum[b]:>12.6g} "
+                     f"{stats.mean[b]:>12.6g} {stats.std[b]:>12.6g} {int(stats.count[b]):>12}")
+    return "\n".join(lines) + "\n"
