@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-__all__ = ["plot_chips", "draw_boxes"]
+__all__ = ["plot_chips", "draw_boxes", "plot_lr_find", "plot_losses"]
 
 
 def draw_boxes(
@@ -83,5 +83,45 @@ def plot_chips(
     for ax, image, boxes, lbls in zip(axes.flat, images, chip_boxes, labels):
         ax.imshow(np.clip(image.float().permute(1, 2, 0).cpu().numpy(), 0, 1))
         draw_boxes(ax, boxes, lbls, classes, colors, alpha=alpha)
+    figure.tight_layout()
+    return figure
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], chosen: float) -> Figure:
+    """Loss against learning rate (log x) from an LR range test, the chosen rate marked.
+
+    Args:
+        lrs: learning rate of each step.
+        losses: smoothed training loss of each step.
+        chosen: the suggested learning rate.
+    """
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
+    ax.plot(lrs, losses)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    chosen_loss = float(np.interp(np.log(chosen), np.log(np.asarray(lrs)), np.asarray(losses)))
+    ax.plot([chosen], [chosen_loss], "o", color="tab:red", markersize=8, label=f"chosen: {chosen:.2e}")
+    ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def plot_losses(
+    train_iterations: Sequence[int],
+    train_losses: Sequence[float],
+    valid_iterations: Sequence[int],
+    valid_losses: Sequence[float],
+) -> Figure:
+    """Training loss per batch and validation loss per epoch against batches seen."""
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
+    ax.plot(train_iterations, train_losses, label="train")
+    if len(valid_losses):
+        ax.plot(valid_iterations, valid_losses, "o-", label="valid")
+    ax.set_xlabel("batches processed")
+    ax.set_ylabel("loss")
+    ax.legend()
     figure.tight_layout()
     return figure

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 from fastai.vision.all import DataLoaders, Normalize, TfmdDL, Transform, bb_pad
 
 from geolearn.data.bandstats import BandStats
@@ -370,7 +369,7 @@ def prepare_data(
         bs=batch_size,
         before_batch=collate_fn or bb_pad,
         num_workers=int(kwargs.get("num_workers", 0)),
-        device=kwargs.get("device", torch.device("cpu")),
+        device=kwargs.get("device"),  # None: fastai's default, the GPU when there is one
     )
     test_path = kwargs.get("test_path")
     if test_path:
