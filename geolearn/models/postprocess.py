@@ -1,0 +1,107 @@
+"""From network outputs to detections: scores, decoded boxes in chip pixels, NMS."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, nms, remove_small_boxes
+
+from geolearn.models.boxes import cthw_to_xyxy, decode, unit_to_chip
+
+__all__ = ["Detections", "detect"]
+
+# Boxes narrower or lower than this (pixels) after clipping are dropped: slivers at the chip
+# edge, and zero-area boxes that would make NMS divide by zero.
+_MIN_SIDE_PX = 1e-2
+
+
+class Detections(NamedTuple):
+    """Detections in one chip, best first.
+
+    Attributes:
+        chip_boxes: ``Tensor[K, 4]`` float32 xyxy in chip pixels, within ``[0, chip_size]``.
+        labels: ``Tensor[K]`` int64 class indices 1..C (indices into ``data.classes``).
+        scores: ``Tensor[K]`` float32 sigmoid scores, descending.
+    """
+
+    chip_boxes: Tensor
+    labels: Tensor
+    scores: Tensor
+
+
+def _detect_one(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    anchors: Tensor,
+    chip_size: int,
+    score_thresh: float,
+    nms_overlap: float,
+    class_agnostic: bool,
+    max_detections: int,
+    pre_nms_top_k: int,
+) -> Detections:
+    """One chip: ``cls_logits [A, C]``, ``box_deltas [A, 4]``, ``anchors [A, 4]`` cthw → :class:`Detections`."""
+    n_classes = cls_logits.shape[1]
+    scores = torch.sigmoid(cls_logits.float()).flatten()  # [A·C], anchor-major
+    candidates = torch.nonzero(scores > score_thresh).squeeze(1)
+    scores = scores[candidates]
+    if len(scores) > pre_nms_top_k:  # NMS is quadratic; the rest would rarely survive it
+        scores, order = scores.topk(pre_nms_top_k)
+        candidates = candidates[order]
+    anchor_idx = candidates // n_classes
+    labels = candidates % n_classes + 1
+
+    unit_boxes = cthw_to_xyxy(decode(box_deltas[anchor_idx].float(), anchors[anchor_idx]))
+    chip_boxes = unit_to_chip(unit_boxes, chip_size).clamp(0, chip_size)
+    keep = remove_small_boxes(chip_boxes, _MIN_SIDE_PX)
+    chip_boxes, labels, scores = chip_boxes[keep], labels[keep], scores[keep]
+
+    if class_agnostic:
+        keep = nms(chip_boxes, scores, nms_overlap)
+    else:
+        keep = batched_nms(chip_boxes, scores, labels, nms_overlap)
+    keep = keep[:max_detections]  # both NMS functions return indices by descending score
+    return Detections(chip_boxes[keep], labels[keep], scores[keep])
+
+
+def detect(
+    output: Sequence[Tensor],
+    anchors: Tensor,
+    chip_size: int,
+    *,
+    score_thresh: float = 0.05,
+    nms_overlap: float = 0.5,
+    class_agnostic: bool = False,
+    max_detections: int = 300,
+    pre_nms_top_k: int = 1000,
+) -> list[Detections]:
+    """Turns a batch of network outputs into per-chip detections.
+
+    Each (anchor, class) pair with sigmoid score above ``score_thresh`` is a candidate; the
+    ``pre_nms_top_k`` best are decoded (:func:`~geolearn.models.boxes.decode`), converted to chip
+    pixels, clipped to the chip and suppressed by NMS — per class (``batched_nms``), or across
+    classes when ``class_agnostic`` (one box per object even when two classes fire on it).
+
+    Args:
+        output: ``[cls_logits [B, A, C], box_deltas [B, A, 4]]`` as the network returns them.
+        anchors: ``Tensor[A, 4]`` (cy, cx, h, w) in [-1, 1] (:func:`~geolearn.models.anchors.make_anchors`).
+        chip_size: side of the chips in pixels.
+        score_thresh: lowest score kept.
+        nms_overlap: IoU above which the lower-scored of two boxes is suppressed.
+        class_agnostic: suppress across classes instead of within each class.
+        max_detections: most detections kept per chip.
+        pre_nms_top_k: most candidates per chip entering NMS.
+
+    Returns:
+        One :class:`Detections` per chip, boxes float32 xyxy chip pixels, best first.
+    """
+    cls_logits, box_deltas = output
+    anchors = anchors.to(device=box_deltas.device, dtype=torch.float32)
+    return [
+        _detect_one(
+            cls_i, box_i, anchors, chip_size, score_thresh, nms_overlap, class_agnostic, max_detections, pre_nms_top_k
+        )
+        for cls_i, box_i in zip(cls_logits.detach(), box_deltas.detach())
+    ]

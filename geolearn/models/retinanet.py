@@ -1,0 +1,190 @@
+"""The RetinaNet network, module for module as arcgis.learn builds it.
+
+The module names, their registration order and every layer's shape equal arcgis.learn's
+``RetinaNetModel`` (itself fastai's course RetinaNet), so a state_dict saved by either loads into
+the other with ``strict=True``::
+
+    encoder        ResNet conv1 .. layer4                      → C3, C4, C5 (strides 8, 16, 32)
+    c5top5         1×1 conv C5 → 256                           → P5
+    c5top6         3×3 stride-2 conv C5 → 256                  → P6 (from C5, not P5)
+    p6top7         Sequential(ReLU, 3×3 stride-2 conv)         → P7
+    merges[0]      conv_lat(C4) + nearest-up(P5)               → P4
+    merges[1]      conv_lat(C3) + nearest-up(P4)               → P3
+    smoothers[i]   3×3 conv on P3, P4, P5 (not P6, P7)
+    classifier     4 × (3×3 conv, ReLU, BatchNorm) + 3×3 conv → n_anchors · n_classes per cell
+    box_regressor  the same                                 + 3×3 conv → n_anchors · 4 per cell
+
+The merges read the *unsmoothed* upper level (smoothing happens after all merges). Both heads
+are shared across levels. Outputs are flattened per level with ``permute(0, 2, 3, 1)``, so
+anchors run level → row → column → anchor, the order of :func:`geolearn.models.anchors.make_anchors`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from geolearn.models.backbones import build_encoder
+
+__all__ = ["RetinaNetModel", "LateralMerge", "build_retinanet", "param_groups"]
+
+# Final classifier bias: sigmoid(-4) ≈ 0.018, so that at the start the ~10⁴ background anchors
+# do not swamp the focal loss (the paper's prior π = 0.01 gives -4.6; arcgis.learn uses -4).
+_CLASSIFIER_PRIOR_BIAS = -4.0
+# Index of layer2 (C3's stage) in the encoder; layer3 and layer4 follow.
+_C3_STAGE = 5
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
+    """A conv with bias and ``kernel // 2`` padding, Kaiming-normal weight and zero bias (fastai's ``conv2d``)."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=True)
+    nn.init.kaiming_normal_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _head(chs: int, n_out: int, final_bias: float, n_conv: int = 4) -> nn.Sequential:
+    """``n_conv`` × Sequential(conv 3×3, ReLU, BatchNorm) then a zero-weight conv to ``n_out`` channels."""
+    layers: list[nn.Module] = [nn.Sequential(_conv(chs, chs), nn.ReLU(), nn.BatchNorm2d(chs)) for _ in range(n_conv)]
+    final = _conv(chs, n_out)
+    # A zero weight makes every anchor start from the same prior: logits = final_bias, deltas = 0.
+    nn.init.zeros_(final.weight)
+    nn.init.constant_(final.bias, final_bias)
+    layers.append(final)
+    return nn.Sequential(*layers)
+
+
+class LateralMerge(nn.Module):
+    """One top-down FPN step: ``conv_lat(lateral) + nearest-upsample(top)`` to the lateral's size.
+
+    Upsampling to the lateral's size, not by ×2, handles odd maps: a 224 px chip gives C4 14 × 14
+    but P5 7 × 7 → 14, and C5 4 × 4 from C4 7 × 7 (odd) would give 8 ≠ 7 by doubling.
+    """
+
+    def __init__(self, lateral_channels: int, chs: int = 256) -> None:
+        super().__init__()
+        self.conv_lat = _conv(lateral_channels, chs, kernel_size=1)
+
+    def forward(self, top: Tensor, lateral: Tensor) -> Tensor:
+        """``top [B, chs, h, w]``, ``lateral [B, C, H, W]`` → ``[B, chs, H, W]``."""
+        return self.conv_lat(lateral) + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
+
+
+def _flatten_levels(head: nn.Module, levels: Sequence[Tensor], k: int) -> Tensor:
+    """Runs a head on each level and joins them: ``[B, A_total, k]``, level → row → column → anchor."""
+    outs = [head(p).permute(0, 2, 3, 1).reshape(p.shape[0], -1, k) for p in levels]
+    return torch.cat(outs, dim=1)
+
+
+class RetinaNetModel(nn.Module):
+    """RetinaNet with arcgis.learn's module names (see the module docstring for the layout).
+
+    Args:
+        encoder: ``nn.Sequential`` whose last three children produce C3, C4, C5 (strides 8, 16, 32),
+            as :func:`~geolearn.models.backbones.build_encoder` returns.
+        encoder_channels: channels of C3, C4, C5.
+        n_classes: object classes, without background (arcgis.learn's ``data.c - 1``).
+        n_anchors: anchors per cell (``len(scales) * len(ratios)``).
+        chs: FPN and head width.
+
+    Forward:
+        ``images [B, n_bands, S, S]`` → ``[cls_logits [B, A, n_classes], box_deltas [B, A, 4]]``,
+        ``A = n_anchors · Σ_levels n²``; logits before the sigmoid, deltas ``(dy, dx, dh, dw)`` as
+        :func:`geolearn.models.boxes.encode` defines them.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Sequential,
+        encoder_channels: Sequence[int],
+        n_classes: int,
+        n_anchors: int = 9,
+        chs: int = 256,
+    ) -> None:
+        super().__init__()
+        if n_classes < 1:
+            raise ValueError(f"n_classes={n_classes}: a detector needs at least one object class.")
+        c3, c4, c5 = encoder_channels
+        self.n_classes = n_classes
+        self.n_anchors = n_anchors
+        # Registration order = state_dict order = arcgis.learn's; do not reorder.
+        self.encoder = encoder
+        self.c5top5 = _conv(c5, chs, kernel_size=1)
+        self.c5top6 = _conv(c5, chs, stride=2)
+        self.p6top7 = nn.Sequential(nn.ReLU(), _conv(chs, chs, stride=2))
+        self.merges = nn.ModuleList([LateralMerge(c4, chs), LateralMerge(c3, chs)])
+        self.smoothers = nn.ModuleList([_conv(chs, chs) for _ in range(3)])
+        self.classifier = _head(chs, n_classes * n_anchors, _CLASSIFIER_PRIOR_BIAS)
+        self.box_regressor = _head(chs, 4 * n_anchors, 0.0)
+
+    def _encode(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """C3, C4, C5 of a batch."""
+        features = []
+        x = images
+        for i, stage in enumerate(self.encoder):
+            x = stage(x)
+            if i >= len(self.encoder) - 3:
+                features.append(x)
+        c3, c4, c5 = features
+        return c3, c4, c5
+
+    def pyramid(self, images: Tensor) -> list[Tensor]:
+        """The feature pyramid ``[P3, P4, P5, P6, P7]``, each ``[B, chs, n, n]``."""
+        c3, c4, c5 = self._encode(images)
+        p5 = self.c5top5(c5)
+        p6 = self.c5top6(c5)
+        p7 = self.p6top7(p6)
+        p4 = self.merges[0](p5, c4)  # from the unsmoothed P5, as arcgis.learn does
+        p3 = self.merges[1](p4, c3)
+        smoothed = [smooth(p) for smooth, p in zip(self.smoothers, (p3, p4, p5))]
+        return [*smoothed, p6, p7]
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        levels = self.pyramid(images)
+        return [
+            _flatten_levels(self.classifier, levels, self.n_classes),
+            _flatten_levels(self.box_regressor, levels, 4),
+        ]
+
+
+def build_retinanet(
+    backbone: str | Callable[..., nn.Module] = "resnet50",
+    *,
+    n_classes: int,
+    n_bands: int = 3,
+    band_names: Sequence[str] | None = None,
+    pretrained: bool = True,
+    n_anchors: int = 9,
+    chs: int = 256,
+) -> RetinaNetModel:
+    """A RetinaNet on a ResNet encoder, as ``arcgis.learn.RetinaNet(data, backbone=...)`` builds it.
+
+    Args:
+        backbone: a supported name or torchvision function (see
+            :func:`~geolearn.models.backbones.build_encoder`).
+        n_classes: object classes without background (``data.c - 1``).
+        n_bands, band_names: input bands (multispectral chips rebuild the first convolution).
+        pretrained: ImageNet weights for the encoder (warns and goes on without when offline).
+        n_anchors: anchors per cell (``len(scales) * len(ratios)``).
+        chs: FPN and head width.
+    """
+    encoder, channels = build_encoder(backbone, pretrained=pretrained, n_bands=n_bands, band_names=band_names)
+    return RetinaNetModel(encoder, channels, n_classes, n_anchors=n_anchors, chs=chs)
+
+
+def param_groups(model: RetinaNetModel) -> list[list[nn.Parameter]]:
+    """The three parameter groups for discriminative learning rates (a fastai ``splitter``).
+
+    Returns:
+        ``[stem .. layer2 (encoder.0 .. encoder.5), layer3 + layer4 (encoder.6, encoder.7),
+        everything else (FPN and heads)]``.
+    """
+    encoder = list(model.encoder)
+    early = [p for m in encoder[: _C3_STAGE + 1] for p in m.parameters()]
+    late = [p for m in encoder[_C3_STAGE + 1 :] for p in m.parameters()]
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in encoder_ids]
+    return [early, late, rest]

@@ -1,0 +1,130 @@
+"""The RetinaNet network of geolearn.models.retinanet against arcgis.learn's own figures.
+
+tests/data/arcgis_ref/ holds state_dict keys and forward outputs produced by arcgis.learn 2.4.4's
+RetinaNetModel (see its README: the weights are rebuilt from a seeded recipe).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from geolearn.models.anchors import make_anchors
+from geolearn.models.backbones import build_encoder
+from geolearn.models.retinanet import RetinaNetModel, build_retinanet, param_groups
+
+REF = Path(__file__).parent / "data" / "arcgis_ref"
+
+
+def reference_keys(backbone: str) -> list[tuple[str, tuple[int, ...], str]]:
+    """``(key, shape, dtype)`` per line of keys_<backbone>.txt, in state_dict order."""
+    rows = []
+    for line in (REF / f"keys_{backbone}.txt").read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype))
+    return rows
+
+
+def recipe_state_dict(backbone: str) -> dict[str, torch.Tensor]:
+    """The README's weights recipe: one seeded generator, tensors in file order."""
+    generator = torch.Generator().manual_seed(20261125)
+    state = {}
+    for key, shape, dtype in reference_keys(backbone):
+        if dtype == "int64":
+            value = torch.zeros(shape, dtype=torch.int64)
+        elif key.endswith("running_var"):
+            value = torch.rand(shape, generator=generator) + 0.5
+        elif key.endswith("running_mean") or key.endswith(".bias"):
+            value = torch.randn(shape, generator=generator) * 0.1
+        elif len(shape) == 1:
+            value = torch.rand(shape, generator=generator) * 0.5 + 0.25
+        else:
+            value = torch.randn(shape, generator=generator) * math.sqrt(1 / math.prod(shape[1:]))
+        state[key] = value
+    return state
+
+
+@pytest.fixture(scope="module")
+def resnet18_model() -> RetinaNetModel:
+    return build_retinanet("resnet18", n_classes=2, pretrained=False)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_state_dict_keys_order_and_shapes_equal_arcgis(backbone):
+    model = build_retinanet(backbone, n_classes=2, pretrained=False)
+    ours = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
+    assert ours == reference_keys(backbone)
+
+
+@pytest.mark.parametrize("chip_size", [256, 224])
+def test_forward_equals_arcgis_with_the_same_weights(resnet18_model, chip_size):
+    reference = torch.load(REF / f"forward_resnet18_{chip_size}.pt")
+    resnet18_model.load_state_dict(recipe_state_dict("resnet18"), strict=True)
+    with torch.no_grad():
+        cls_logits, box_deltas = resnet18_model.eval()(reference["input"])
+    torch.testing.assert_close(cls_logits, reference["cls"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(box_deltas, reference["box"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chip_size", [64, 100, 224])
+def test_outputs_line_up_with_the_anchors(resnet18_model, chip_size):
+    with torch.no_grad():
+        cls_logits, box_deltas = resnet18_model.eval()(torch.zeros(2, 3, chip_size, chip_size))
+    n_anchors = len(make_anchors(chip_size))
+    assert cls_logits.shape == (2, n_anchors, 2)
+    assert box_deltas.shape == (2, n_anchors, 4)
+
+
+def test_fresh_heads_predict_the_prior():
+    model = build_retinanet("resnet18", n_classes=3, pretrained=False).eval()
+    with torch.no_grad():
+        cls_logits, box_deltas = model(torch.rand(1, 3, 64, 64))
+    assert torch.all(cls_logits == -4.0)
+    assert torch.all(box_deltas == 0.0)
+
+
+def test_fpn_and_head_convs_have_bias_and_same_padding(resnet18_model):
+    for name, module in resnet18_model.named_modules():
+        if isinstance(module, nn.Conv2d) and not name.startswith("encoder"):
+            assert module.bias is not None, name
+            assert module.padding == (module.kernel_size[0] // 2,) * 2, name
+
+
+def test_resnet50_at_a_small_chip():
+    model = build_retinanet("resnet50", n_classes=1, pretrained=False, n_anchors=4).eval()
+    with torch.no_grad():
+        cls_logits, box_deltas = model(torch.rand(1, 3, 64, 64))
+    n_cells = 8 * 8 + 4 * 4 + 2 * 2 + 1 + 1
+    assert cls_logits.shape == (1, 4 * n_cells, 1)
+    assert box_deltas.shape == (1, 4 * n_cells, 4)
+
+
+def test_model_from_parts():
+    encoder, channels = build_encoder("resnet34", pretrained=False, n_bands=4)
+    model = RetinaNetModel(encoder, channels, n_classes=5).eval()
+    with torch.no_grad():
+        cls_logits, _ = model(torch.rand(1, 4, 64, 64))
+    assert cls_logits.shape[-1] == 5
+
+
+def test_no_object_class_is_an_error():
+    encoder, channels = build_encoder("resnet18", pretrained=False)
+    with pytest.raises(ValueError, match="n_classes=0"):
+        RetinaNetModel(encoder, channels, n_classes=0)
+
+
+def test_param_groups_split_stem_to_layer2_layer3_4_and_the_rest(resnet18_model):
+    early, late, rest = param_groups(resnet18_model)
+    ids = [{id(p) for p in group} for group in (early, late, rest)]
+    assert sum(len(g) for g in ids) == len(list(resnet18_model.parameters()))
+    assert set().union(*ids) == {id(p) for p in resnet18_model.parameters()}
+    named = {id(p): name for name, p in resnet18_model.named_parameters()}
+    assert all(named[i].split(".")[1] in "012345" for i in ids[0])
+    assert all(named[i].split(".")[1] in ("6", "7") for i in ids[1])
+    assert all(not named[i].startswith("encoder.") for i in ids[2])
+    assert id(resnet18_model.encoder[0].weight) in ids[0]
+    assert id(resnet18_model.classifier[4].bias) in ids[2]
