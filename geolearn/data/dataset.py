@@ -51,6 +51,8 @@ class ChipDataset(Dataset):
     bands: Sequence[int] | None = None
     seed: int = 42
 
+    n_inp = 1  # fastai: the first element of an item is the input, the rest are targets
+
     def __post_init__(self) -> None:
         self._index = {name: i for i, name in enumerate(self.classes)}
         self._generator = torch.Generator().manual_seed(self.seed)

@@ -275,17 +275,19 @@ def build_encoder(
     Returns:
         ``(encoder, (C3, C4, C5 channels))``; ``encoder`` is ``nn.Sequential(conv1, bn1, relu,
         maxpool, layer1, layer2, layer3, layer4)`` mapping ``[B, n_bands, H, W]`` to C5
-        ``[B, C5, ceil(H/32), ceil(W/32)]``.
+        ``[B, C5, ceil(H/32), ceil(W/32)]``; its attribute ``pretrained`` says whether the
+        ImageNet weights were loaded.
 
     Raises:
         ValueError: an unsupported backbone, or bad ``n_bands``/``band_names``.
     """
     spec = resolve_backbone(backbone)
     model = spec.builder(weights=None)
-    if pretrained:
-        state = pretrained_state_dict(spec)
-        if state is not None:
-            model.load_state_dict(state)
+    state = pretrained_state_dict(spec) if pretrained else None
+    if state is not None:
+        model.load_state_dict(state)
     encoder = nn.Sequential(*list(model.children())[:_ENCODER_CHILDREN])
     encoder[0] = adapt_first_conv(encoder[0], n_bands, band_names)
+    # Whether ImageNet weights were loaded: training from random weights must not freeze the backbone.
+    encoder.pretrained = state is not None
     return encoder, spec.channels

@@ -1,0 +1,1 @@
+"""The training layer: arcgis.learn's ``RetinaNet`` on a fastai ``Learner``, its callbacks and evaluation."""

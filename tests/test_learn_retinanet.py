@@ -1,0 +1,130 @@
+"""The arcgis-style RetinaNet: construction, fit, lr_find, average precision."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torchvision.models import resnet34
+
+from geolearn import prepare_data
+from geolearn.learn.retinanet import RetinaNet
+from geolearn.models.anchors import DEFAULT_SCALES
+
+from conftest import VOC_CHIPS, make_folder
+
+# Twelve 64 px chips: enough for a train and a validation batch, quick on a CPU.
+CHIPS = {f"{i:09d}": chip for i, chip in enumerate(list(VOC_CHIPS.values()) * 3)}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = make_folder(tmp_path_factory.mktemp("tiny"), CHIPS)
+    return prepare_data(root, chip_size=64, batch_size=4, val_split_pct=0.34)
+
+
+@pytest.fixture
+def model(tiny_data):
+    return RetinaNet(tiny_data, backbone="resnet18", pretrained=False)
+
+
+def test_class_facts(model):
+    assert RetinaNet.backbones() == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+    assert model.supported_backbones == RetinaNet.backbones()
+    assert model.supported_datasets == ["PASCAL_VOC_rectangles", "KITTI_rectangles", "COCO_rectangles", "YOLO_rectangles"]
+    assert model.available_metrics == ["valid_loss", "average_precision"]
+    assert model.scales == pytest.approx(DEFAULT_SCALES) and model.ratios == [0.5, 1.0, 2.0]
+
+
+def test_backbone_as_torchvision_function(tiny_data):
+    model = RetinaNet(tiny_data, backbone=resnet34, pretrained=False)
+    assert model.model.encoder[4][2].conv1.weight.shape == (64, 64, 3, 3)  # resnet34 has 3 blocks in layer1
+
+
+def test_three_parameter_groups_and_float_lr_is_a_slice(model):
+    assert len(model.learn.splitter(model.model)) == 3
+    model.learn.create_opt()
+    model.learn.opt.set_hypers(lr=slice(1e-4, 1e-3))
+    lrs = [group["lr"] for group in model.learn.opt.hypers]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-3)
+
+
+def test_random_backbone_is_not_frozen_but_a_pretrained_one_is(tiny_data, monkeypatch):
+    model = RetinaNet(tiny_data, backbone="resnet18", pretrained=False)
+    assert all(p.requires_grad for p in model.model.encoder.parameters())
+    # Pretend ImageNet weights were found: the backbone (but its BatchNorm) starts frozen.
+    import geolearn.models.backbones as backbones
+
+    monkeypatch.setattr(backbones, "pretrained_state_dict", lambda spec: spec.builder(weights=None).state_dict())
+    frozen = RetinaNet(tiny_data, backbone="resnet18")
+    assert not frozen.model.encoder[0].weight.requires_grad
+    assert frozen.model.encoder[1].weight.requires_grad  # BatchNorm trains
+    assert frozen.model.classifier[0][0].weight.requires_grad
+    frozen.unfreeze()
+    assert frozen.model.encoder[0].weight.requires_grad
+
+
+def test_fit_prints_the_five_columns(model, capsys):
+    model.fit(2, lr=1e-3, checkpoint=False)
+    out = capsys.readouterr().out
+    assert re.search(r"epoch\s+train_loss\s+valid_loss\s+average_precision\s+time", out)
+    rows = [line for line in out.splitlines() if re.match(r"\s*[01]\s+\d", line)]
+    assert len(rows) == 2
+    assert len(model.learn.recorder.values) == 2
+    assert isinstance(model.plot_losses(), Figure)
+
+
+def test_lr_find_returns_a_float_in_range_and_restores_weights(model):
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    lr = model.lr_find(allow_plot=False, num_it=12)
+    assert isinstance(lr, float) and 1e-7 <= lr <= 10
+    after = model.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert isinstance(model.lr_find_figure, Figure)
+
+
+def test_fit_with_checkpoint_reloads_the_best_epoch(model, tiny_data):
+    model.fit(2, lr=1e-3, checkpoint=True, monitor="average_precision")
+    saved = list((tiny_data.path / "models").glob("checkpoint_*.pth"))
+    assert saved, "checkpoint=True saves the best epoch under <data.path>/models"
+
+
+def test_bad_fit_arguments(model):
+    with pytest.raises(ValueError, match=r"monitor='accuracy': choose one of \['valid_loss', 'average_precision'\]"):
+        model.fit(1, lr=1e-3, monitor="accuracy")
+    with pytest.raises(ValueError, match="checkpoint='some'"):
+        model.fit(1, lr=1e-3, checkpoint="some")
+
+
+def test_average_precision_score_per_class_and_mean(model):
+    scores = model.average_precision_score(show_progress=False)
+    assert set(scores) <= {"pool", "tree"} and all(0.0 <= v <= 1.0 for v in scores.values())
+    mean = model.average_precision_score(mean=True, show_progress=False)
+    assert mean == pytest.approx(sum(scores.values()) / len(scores)) if scores else mean == 0.0
+
+
+def test_auto_anchors_cover_the_boxes(tiny_data):
+    model = RetinaNet(tiny_data, backbone="resnet18", pretrained=False, scales="auto")
+    fit = RetinaNet.suggest_anchors(tiny_data)
+    assert model.scales == pytest.approx(list(fit.scales)) and fit.coverage > 0
+
+
+def test_unknown_keyword_is_refused(tiny_data):
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['backbones'\\]"):
+        RetinaNet(tiny_data, backbones="resnet18")
+
+
+@pytest.mark.slow
+def test_overfits_one_chip(tmp_path):
+    """One chip, many steps: the loss falls at least 10x and its objects are found at IoU >= 0.5."""
+    root = make_folder(tmp_path / "one", {"a": ([[8, 8, 30, 20], [36, 34, 58, 58]], ["1", "2"])})
+    data = prepare_data(root, chip_size=64, batch_size=1, val_split_pct=0.0, valid_path=root, transforms=False)
+    model = RetinaNet(data, backbone="resnet18", pretrained=False)
+    model.fit(1, lr=1e-3, checkpoint=False)
+    first = float(model.learn.recorder.losses[0])
+    model.fit(60, lr=1e-3, checkpoint=False)
+    last = float(model.learn.recorder.values[-1][0])
+    assert last <= first / 10
+    assert model.average_precision_score(iou_thresh=0.5, show_progress=False) == {"pool": 1.0, "tree": 1.0}
