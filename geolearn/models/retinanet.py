@@ -73,9 +73,27 @@ class LateralMerge(nn.Module):
         return self.conv_lat(lateral) + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
 
 
-def _flatten_levels(head: nn.Module, levels: Sequence[Tensor], k: int) -> Tensor:
-    """Runs a head on each level and joins them: ``[B, A_total, k]``, level → row → column → anchor."""
-    outs = [head(p).permute(0, 2, 3, 1).reshape(p.shape[0], -1, k) for p in levels]
+def _run_head(head: nn.Sequential, levels: Sequence[Tensor], k: int) -> Tensor:
+    """Runs a head on every level and joins them: ``[B, A_total, k]``, level → row → column → anchor.
+
+    The levels share the head's weights and so its BatchNorm layers' running statistics
+    (arcgis.learn's layout). Calling the head level by level, as arcgis.learn does, normalises
+    each level with its own batch statistics in training while the running statistics blend
+    all levels, so the evaluated model is not the trained one (on the sample scene the
+    validation loss of a batch came out nearly twice its training-mode loss). Here each
+    BatchNorm normalises all levels together with their joint batch statistics — what the
+    running statistics estimate — so training and evaluation agree. In eval mode BatchNorm
+    works pixel by pixel, and the output equals arcgis.learn's exactly.
+    """
+    *blocks, final = head
+    sizes = [p.shape[-2:] for p in levels]
+    xs = list(levels)
+    for conv, relu, norm in blocks:
+        xs = [relu(conv(x)) for x in xs]
+        joint = norm(torch.cat([x.flatten(2) for x in xs], dim=2)[..., None])  # [B, C, Σ HW, 1]
+        xs = [part.reshape(*part.shape[:2], *size) for part, size in
+              zip(joint[..., 0].split([h * w for h, w in sizes], dim=2), sizes)]
+    outs = [final(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1, k) for x in xs]
     return torch.cat(outs, dim=1)
 
 
@@ -145,8 +163,8 @@ class RetinaNetModel(nn.Module):
     def forward(self, images: Tensor) -> list[Tensor]:
         levels = self.pyramid(images)
         return [
-            _flatten_levels(self.classifier, levels, self.n_classes),
-            _flatten_levels(self.box_regressor, levels, 4),
+            _run_head(self.classifier, levels, self.n_classes),
+            _run_head(self.box_regressor, levels, 4),
         ]
 
 
