@@ -1,6 +1,6 @@
 """geolearn: find objects in aerial and satellite imagery, the arcgis.learn way, in the open.
 
->>> from geolearn import prepare_data, export_training_data
+>>> from geolearn import prepare_data, RetinaNet, export_training_data
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["prepare_data", "export_training_data"]
+__all__ = ["prepare_data", "export_training_data", "RetinaNet"]
 __version__ = "0.1.0"
 
 # Public names are imported on first use: prepare_data pulls in fastai (about 1 GB of
@@ -16,11 +16,13 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "prepare_data": "geolearn.data.prepare",
     "export_training_data": "geolearn.data.export",
+    "RetinaNet": "geolearn.learn.retinanet",
 }
 
 if TYPE_CHECKING:
     from geolearn.data.export import export_training_data
     from geolearn.data.prepare import prepare_data
+    from geolearn.learn.retinanet import RetinaNet
 
 
 def __getattr__(name: str) -> Any:

@@ -14,12 +14,16 @@ from geolearn.data.synthetic import make_scene
 def test_demo_exports_prepares_and_draws(tmp_path, capsys):
     scene = make_scene(tmp_path / "scene", size=640, seed=5, name="sample_scene")
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--sample-data", str(scene.raster.parent)]) == 0
+    assert main(["demo", "--out", str(out), "--sample-data", str(scene.raster.parent), "--epochs", "0"]) == 0
     assert (out / "chips" / "esri_model_definition.emd").exists()
     assert (out / "show_batch.png").stat().st_size > 10_000
     assert "classes ['background', 'pool', 'tree']" in capsys.readouterr().out
-    # Running it again reuses its own output folder.
-    assert main(["demo", "--out", str(out), "--sample-data", str(scene.raster.parent)]) == 0
+    # Running it again reuses its own output folder; this time it trains briefly too.
+    assert main(["demo", "--out", str(out), "--sample-data", str(scene.raster.parent),
+                 "--epochs", "1", "--lr-find-batches", "5"]) == 0
+    assert (out / "lr_find.png").exists() and (out / "losses.png").exists()
+    printed = capsys.readouterr().out
+    assert "AP@0.5: " in printed and "train_loss" in printed
 
 
 def test_demo_reports_a_missing_sample_folder(tmp_path):
