@@ -131,23 +131,17 @@ def test_overfits_one_chip(tmp_path):
 
 
 def test_lr_suggestion_on_a_flat_then_diverging_curve_is_a_tenth_of_the_takeoff():
-    from geolearn.learn.retinanet import before_divergence
+    from geolearn.learn.retinanet import suggest_lr
 
-    lrs = torch.logspace(-7, -1, 61)  # ten points a decade
-    losses = torch.full((61,), 5.0)
-    losses[50:] = torch.linspace(8.0, 30.0, 11)  # takes off at lrs[50] = 1e-2
-    lr, _ = before_divergence(lrs, losses, 61)
-    assert lr == pytest.approx(1e-3, rel=1e-3)
+    lrs = torch.logspace(-7, -1, 61).tolist()  # ten points a decade
+    losses = [5.0] * 50 + torch.linspace(8.0, 30.0, 11).tolist()  # takes off at lrs[50] = 1e-2
+    assert suggest_lr(lrs, losses, valley_lr=5e-5) == pytest.approx(1e-3, rel=1e-3)
 
 
-def test_lr_suggestion_is_never_below_fastais_valley():
-    from fastai.callback.schedule import valley
+def test_lr_suggestion_keeps_a_higher_valley_and_a_curve_that_never_takes_off():
+    from geolearn.learn.retinanet import suggest_lr
 
-    from geolearn.learn.retinanet import before_divergence
-
-    lrs = torch.logspace(-7, -1, 61)
-    # A long valley: the loss falls from 1e-5 to 1e-2, takes off at 2e-2.
-    losses = torch.cat([torch.full((20,), 5.0), torch.linspace(5.0, 1.0, 33), torch.linspace(1.0, 20.0, 8)])
-    lr, _ = before_divergence(lrs, losses, 61)
-    valley_lr, _ = valley(lrs, losses, 61)
-    assert lr == pytest.approx(max(valley_lr, float(lrs[54]) / 10))
+    lrs = torch.logspace(-7, -1, 61).tolist()
+    losses = [5.0] * 50 + torch.linspace(8.0, 30.0, 11).tolist()
+    assert suggest_lr(lrs, losses, valley_lr=3e-3) == 3e-3
+    assert suggest_lr(lrs, [5.0] * 61, valley_lr=2e-4) == 2e-4

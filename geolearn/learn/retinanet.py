@@ -37,34 +37,34 @@ from geolearn.models.loss import RetinaNetLoss
 from geolearn.models.retinanet import build_retinanet, param_groups
 from geolearn.viz import plot_losses, plot_lr_find
 
-__all__ = ["RetinaNet", "before_divergence"]
+__all__ = ["RetinaNet", "suggest_lr"]
 
 logger = logging.getLogger(__name__)
 
 
 
-def before_divergence(lrs: Tensor, losses: Tensor, num_it: int) -> tuple[float, tuple[float, float]]:
-    """fastai LR suggestion: a tenth of the rate where the loss takes off, or the valley if higher.
+def suggest_lr(lrs: Sequence[float], losses: Sequence[float], valley_lr: float) -> float:
+    """The learning rate to train with, from a whole LR range test.
 
     From random weights the loss of a detector stays flat for most of the range test
     and then shoots up; fastai's ``valley`` then lands anywhere on the flat stretch
     (1e-5 to 1e-4 on the sample scene, far too slow to learn in a few epochs). A tenth
-    of the rate at which the loss first exceeds 1.5x its minimum is the classic rule of
-    thumb for such curves; on a curve with a real valley (pretrained backbones) the
-    valley is usually higher and wins.
+    of the rate at which the loss first exceeds 1.5x its running minimum is the classic
+    rule of thumb for such curves; on a curve with a real valley (pretrained backbones)
+    the valley is usually higher and wins.
+
+    Args:
+        lrs: every rate tried, in order (fastai trims the take-off from what it gives its
+            own suggestion functions, so pass the recorder's full lists).
+        losses: the smoothed loss at each rate.
+        valley_lr: fastai's valley suggestion.
     """
-    valley_lr, valley_point = valley(lrs, losses, num_it)
-    losses = torch.as_tensor(losses, dtype=torch.float64)
+    losses = torch.as_tensor([float(v) for v in losses], dtype=torch.float64)
     running_min = torch.cummin(losses, dim=0).values
     above = torch.nonzero(losses > 1.5 * running_min).flatten()
     if len(above) == 0:
-        return valley_lr, valley_point
-    takeoff = int(above[0])
-    candidate = float(lrs[takeoff]) / 10
-    if candidate <= valley_lr:
-        return valley_lr, valley_point
-    index = int(torch.argmin((torch.as_tensor(lrs, dtype=torch.float64) - candidate).abs()))
-    return candidate, (candidate, float(losses[index]))
+        return valley_lr
+    return max(valley_lr, float(lrs[int(above[0])]) / 10)
 
 
 def _show(figure: Figure) -> None:
@@ -210,7 +210,7 @@ class RetinaNet:
         The rate rises exponentially from 1e-7 to 10 over ``num_it`` batches (stopping
         when the loss diverges); the suggestion is fastai's "valley" (the middle of
         the longest descending stretch of the loss curve) or, when higher, a tenth of
-        the rate where the loss takes off (see :func:`before_divergence`). The weights
+        the rate where the loss takes off (see :func:`suggest_lr`). The weights
         are restored afterwards.
 
         Args:
@@ -224,10 +224,10 @@ class RetinaNet:
         self._require_data("lr_find")
         with self.learn.added_cbs(precision_callbacks(self._precision_dtype()) + [ChannelsLast()]), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # fastai warns when the loss diverges early: expected here
-            suggestion = self.learn.lr_find(num_it=num_it, suggest_funcs=(before_divergence,), show_plot=False)
-        lr = float(suggestion.before_divergence)
+            suggestion = self.learn.lr_find(num_it=num_it, suggest_funcs=(valley,), show_plot=False)
         recorder = self.learn.recorder
         lrs, losses = recorder.lrs[: len(recorder.losses)], [float(v) for v in recorder.losses]
+        lr = suggest_lr(lrs, losses, float(suggestion.valley))
         self.lr_find_figure = plot_lr_find(lrs, losses, lr)
         if allow_plot:
             _show(self.lr_find_figure)
