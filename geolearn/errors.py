@@ -18,6 +18,7 @@ __all__ = [
     "CRSMismatchError",
     "NoOverlapError",
     "OutputExistsError",
+    "ModelDefinitionError",
 ]
 
 
@@ -59,3 +60,8 @@ class NoOverlapError(GeolearnError, ValueError):
 
 class OutputExistsError(GeolearnError, FileExistsError):
     """An output folder already holds results and overwriting was not asked for."""
+
+
+class ModelDefinitionError(GeolearnError, ValueError):
+    """A saved model (``.emd``, ``.pth`` or ``.dlpk``) that cannot be loaded as it is: a missing or
+    mistyped EMD key, weights in an unexpected form, or an archive entry outside its folder."""

@@ -16,6 +16,7 @@ from geolearn.errors import (
     GeolearnWarning,
     ImageReadError,
     LabelFormatError,
+    ModelDefinitionError,
     NoChipsError,
     NoOverlapError,
     OutputExistsError,
@@ -30,6 +31,7 @@ BUILTIN_OF = {
     CRSMismatchError: ValueError,
     NoOverlapError: ValueError,
     OutputExistsError: FileExistsError,
+    ModelDefinitionError: ValueError,
 }
 
 
