@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-__all__ = ["plot_chips", "draw_boxes", "plot_lr_find", "plot_losses"]
+__all__ = ["plot_chips", "draw_boxes", "plot_lr_find", "plot_losses", "plot_detections", "plot_ground_truth_and_predictions"]
 
 
 def draw_boxes(
@@ -123,5 +123,64 @@ def plot_losses(
     ax.set_xlabel("batches processed")
     ax.set_ylabel("loss")
     ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def plot_detections(
+    image: Tensor,
+    image_boxes: Tensor,
+    labels: Sequence[int],
+    scores: Sequence[float],
+    classes: Sequence[str],
+    colors: Sequence[tuple[float, float, float]],
+) -> Figure:
+    """One image with its detections (name and score on each box).
+
+    Args:
+        image: ``Tensor[3, H, W]`` in [0, 1].
+        image_boxes: ``Tensor[N, 4]`` xyxy in the image's pixels.
+        labels: class index per box; scores: score per box.
+        classes, colors: as in :func:`draw_boxes`.
+    """
+    height, width = image.shape[1:]
+    figure = Figure(figsize=(8, 8 * height / max(width, 1)))
+    ax = figure.subplots()
+    ax.imshow(np.clip(image.float().permute(1, 2, 0).cpu().numpy(), 0, 1))
+    ax.axis("off")
+    draw_boxes(ax, image_boxes, labels, classes, colors, scores=scores)
+    figure.tight_layout()
+    return figure
+
+
+def plot_ground_truth_and_predictions(
+    images: Sequence[Tensor],
+    targets: Sequence[tuple[Tensor, Tensor]],
+    predictions: Sequence[tuple[Tensor, Tensor, Tensor]],
+    classes: Sequence[str],
+    colors: Sequence[tuple[float, float, float]],
+) -> Figure:
+    """One row per chip: ground truth on the left, predictions with scores on the right.
+
+    Args:
+        images: ``Tensor[3, S, S]`` in [0, 1] per chip.
+        targets: per chip ``(chip_boxes xyxy pixels, labels)``.
+        predictions: per chip ``(chip_boxes, labels, scores)``.
+        classes, colors: as in :func:`draw_boxes`.
+    """
+    rows = max(len(images), 1)
+    figure = Figure(figsize=(8, 4 * rows))
+    axes = figure.subplots(rows, 2, squeeze=False)
+    axes[0][0].set_title("ground truth")
+    axes[0][1].set_title("predictions")
+    for (left, right), image, (truth_boxes, truth_labels), (boxes, labels, scores) in zip(
+        axes, images, targets, predictions
+    ):
+        shown = np.clip(image.float().permute(1, 2, 0).cpu().numpy(), 0, 1)
+        for ax in (left, right):
+            ax.imshow(shown)
+            ax.axis("off")
+        draw_boxes(left, truth_boxes, truth_labels, classes, colors)
+        draw_boxes(right, boxes, labels, classes, colors, scores=scores)
     figure.tight_layout()
     return figure

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.schedule import valley
@@ -25,15 +27,19 @@ from fastai.optimizer import Adam
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from geolearn.data.esri import DATASET_TYPES
-from geolearn.data.images import read_image_info
+from geolearn.data.esri import DATASET_TYPES, ClassInfo
+from geolearn.data.images import read_chip, read_image_info
+from geolearn.data.normalization import Normalization
+from geolearn.data.prepare import resolve_rgb_bands
 from geolearn.errors import GeolearnWarning
 from geolearn.learn.evaluation import AveragePrecisionMetric, DetectionSettings, evaluate
+from geolearn.learn.package import build_emd, load_state_dict, read_emd, resolve_model, save_package
 from geolearn.learn.precision import precision_callbacks, resolve_precision
 from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES, make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
 from geolearn.models.loss import RetinaNetLoss
+from geolearn.models.predictor import predict_tiles
 from geolearn.models.retinanet import build_retinanet, param_groups
 from geolearn.viz import plot_losses, plot_lr_find
 
@@ -65,6 +71,47 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], valley_lr: float) 
     if len(above) == 0:
         return valley_lr
     return max(valley_lr, float(lrs[int(above[0])]) / 10)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model must know about its data to predict and to be saved, with or without the data.
+
+    Attributes:
+        classes: ``['background', *names]`` in the order of the network's outputs.
+        class_infos: value, name and colour of ``classes[1:]``, in that order.
+        chip_size: side of the training chips, pixels.
+        normalization: how raw pixels become network inputs.
+        n_bands: bands the network takes.
+        band_names: their names, when known.
+        extract_bands: 0-based bands taken from an image (None: all).
+        resize_to: side chips were squished to before cropping, or None.
+    """
+
+    classes: list[str]
+    class_infos: list[ClassInfo]
+    chip_size: int
+    normalization: Normalization
+    n_bands: int
+    band_names: list[str] | None = None
+    extract_bands: list[int] | None = None
+    resize_to: int | None = None
+
+
+def facts_from_data(data) -> ModelFacts:
+    """The :class:`ModelFacts` of what ``prepare_data`` returned."""
+    value_of = {name: value for value, name in data.class_mapping.items()}
+    infos = [ClassInfo(value_of[name], name, tuple(data.color_mapping[value_of[name]])) for name in data.classes[1:]]
+    return ModelFacts(
+        classes=list(data.classes),
+        class_infos=infos,
+        chip_size=data.chip_size,
+        normalization=data.normalization,
+        n_bands=data.n_bands,
+        band_names=data.bands,
+        extract_bands=data.extract_bands,
+        resize_to=data.resize_to,
+    )
 
 
 def _show(figure: Figure) -> None:
@@ -119,26 +166,53 @@ class RetinaNet:
         unknown = set(kwargs) - {"pretrained", "mixed_precision", "wd"}
         if unknown:
             raise TypeError(f"RetinaNet() got unexpected keyword arguments {sorted(unknown)}")
-        self._data = data
         if scales == "auto" or ratios == "auto":
             fit = self.suggest_anchors(data)
             scales = fit.scales if scales in (None, "auto") else scales
             ratios = fit.ratios if ratios in (None, "auto") else ratios
+        self._setup(
+            facts_from_data(data),
+            scales=scales,
+            ratios=ratios,
+            backbone=backbone,
+            pretrained=kwargs.get("pretrained", True),
+            mixed_precision=kwargs.get("mixed_precision"),
+        )
+        self._attach_data(data, wd=kwargs.get("wd", 1e-4))
+        if pretrained_path is not None:
+            self.load(pretrained_path)
+
+    def _setup(self, facts: ModelFacts, *, scales, ratios, backbone, pretrained: bool, mixed_precision) -> None:
+        """Builds network, anchors and loss from what the model must know about its data."""
+        self._facts = facts
+        self._data = None
+        self.learn = None
         self.scales = [float(s) for s in (scales if scales is not None else DEFAULT_SCALES)]
         self.ratios = [float(r) for r in (ratios if ratios is not None else DEFAULT_RATIOS)]
         self.backbone = backbone if backbone is not None else "resnet50"
-        self.mixed_precision = kwargs.get("mixed_precision")
-        self.anchors = make_anchors(data.chip_size, self.scales, self.ratios)
+        self.mixed_precision = mixed_precision
+        self.anchors = make_anchors(facts.chip_size, self.scales, self.ratios)
         self.model = build_retinanet(
             self.backbone,
-            n_classes=data.c - 1,
-            n_bands=data.n_bands,
-            band_names=data.bands,
-            pretrained=kwargs.get("pretrained", True),
+            n_classes=len(facts.classes) - 1,
+            n_bands=facts.n_bands,
+            band_names=facts.band_names,
+            pretrained=pretrained,
             n_anchors=len(self.scales) * len(self.ratios),
         )
-        self.loss_func = RetinaNetLoss(self.anchors, n_classes=data.c - 1)
-        self._metric = AveragePrecisionMetric(DetectionSettings(self.anchors, data.chip_size))
+        self.loss_func = RetinaNetLoss(self.anchors, n_classes=len(facts.classes) - 1)
+        self.lr_find_figure: Figure | None = None
+        self._lr: float | None = None
+
+    def _attach_data(self, data, wd: float = 1e-4) -> None:
+        """Wraps the network in a fastai Learner over ``data`` (what fit, lr_find and the metric need)."""
+        if data.classes != self._facts.classes:
+            raise ValueError(
+                f"the data's classes {data.classes} differ from the model's {self._facts.classes}; "
+                "prepare the data with the classes the model was trained on (class_mapping=...)."
+            )
+        self._data = data
+        self._metric = AveragePrecisionMetric(DetectionSettings(self.anchors, self._facts.chip_size))
         self.learn = Learner(
             data,
             self.model,
@@ -146,7 +220,7 @@ class RetinaNet:
             opt_func=Adam,
             splitter=param_groups,
             metrics=[self._metric],
-            wd=kwargs.get("wd", 1e-4),
+            wd=wd,
             path=data.path,
             model_dir="models",
         )
@@ -157,13 +231,9 @@ class RetinaNet:
             self.learn.freeze()
         else:
             logger.info("backbone has random weights: training all layers from the start")
-        self.lr_find_figure: Figure | None = None
-        self._lr: float | None = None
-        if pretrained_path is not None:
-            self.load(pretrained_path)
 
     def __repr__(self) -> str:
-        return f"<RetinaNet backbone={self._backbone_name} classes={self._data.classes[1:]}>"
+        return f"<RetinaNet backbone={self._backbone_name} classes={self._facts.classes[1:]}>"
 
     @property
     def _backbone_name(self) -> str:
@@ -343,23 +413,238 @@ class RetinaNet:
             return mean_average_precision(ap)
         return {self._data.classes[index]: value for index, value in sorted(ap.items())}
 
-    # ------------------------------------------------------------------ weights
+    # ------------------------------------------------------------------ weights and packages
+
+    def _models_folder(self) -> Path:
+        if self._data is None:
+            raise RuntimeError("a model without data has no models folder: give save()/load() a path.")
+        return Path(self._data.path) / "models"
 
     def load(self, name_or_path: str | Path) -> None:
-        """Loads weights: a model name under ``<data.path>/models/`` or a ``.pth`` path.
+        """Loads weights into this model.
 
-        Accepts a plain state_dict or ``{'model': ..., 'opt': ...}`` (the two forms
-        arcgis.learn saves). Loading is safe (``weights_only=True``).
+        Args:
+            name_or_path: a model name saved under ``<data.path>/models/<name>/``, a ``.pth``
+                file, an ``.emd``, a folder holding one ``.emd``, or a ``.dlpk``. A ``.pth``
+                may be a plain state_dict or ``{'model': ..., 'opt': ...}`` (the two forms
+                arcgis.learn saves); loading is safe (``weights_only=True``).
         """
         path = Path(name_or_path)
-        if path.suffix != ".pth":
-            path = Path(self._data.path) / "models" / path.name / f"{path.name}.pth"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such model weights file; give a .pth path or a saved model's name.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and set(state) == {"model", "opt"}:
-            state = state["model"]
-        self.model.load_state_dict(state, strict=True)
+        if path.suffix == ".pth":
+            weights = path
+        elif path.suffix in (".emd", ".dlpk") or path.is_dir():
+            weights = read_emd(resolve_model(path)[0]).model_file
+        else:
+            weights = self._models_folder() / path.name / f"{path.name}.pth"
+        if not weights.exists():
+            raise FileNotFoundError(f"{weights}: no such model weights file; give a .pth, .emd or .dlpk path "
+                                    "or the name of a model saved under <data.path>/models/.")
+        self.model.load_state_dict(load_state_dict(weights), strict=True)
+
+    @classmethod
+    def from_model(cls, emd_path: str | Path, data=None) -> "RetinaNet":
+        """A model from a saved package (geolearn's or arcgis.learn's).
+
+        Args:
+            emd_path: an ``.emd``, a folder holding one ``.emd``, or a ``.dlpk``.
+            data: ``prepare_data`` output to go on training or evaluating; None gives a
+                model that predicts and saves, while ``fit``/``lr_find``/
+                ``average_precision_score`` raise a clear error.
+        """
+        definition = read_emd(resolve_model(Path(emd_path))[0])
+        facts = ModelFacts(
+            classes=["background", *(c.name for c in definition.classes)],
+            class_infos=list(definition.classes),
+            chip_size=definition.chip_size,
+            normalization=definition.normalization,
+            n_bands=definition.n_bands,
+            band_names=definition.band_names,
+            extract_bands=definition.extract_bands,
+            resize_to=definition.resize_to,
+        )
+        model = cls.__new__(cls)
+        model._setup(facts, scales=definition.scales, ratios=definition.ratios, backbone=definition.backbone,
+                     pretrained=False, mixed_precision=None)
+        model.model.load_state_dict(load_state_dict(definition.model_file), strict=True)
+        model._lr = definition.learning_rate
+        if data is not None:
+            model._attach_data(data)
+        return model
+
+    def save(
+        self,
+        name_or_path: str | Path,
+        framework: str = "PyTorch",
+        publish: bool = False,
+        gis: Any = None,
+        compute_metrics: bool = True,
+        save_optimizer: bool = False,
+        save_inference_file: bool = True,
+    ) -> Path:
+        """Saves the model package: ``<name>.pth``, ``<name>.emd``, metrics page, figures, ``<name>.dlpk``.
+
+        Args:
+            name_or_path: a name (saved in ``<data.path>/models/<name>/``) or a folder path.
+            framework: ``'PyTorch'`` (the only one so far).
+            publish, gis: publishing to ArcGIS Online/Enterprise is outside geolearn.
+            compute_metrics: compute the validation AP per class into the EMD (needs data).
+            save_optimizer: also save the optimizer state (``{'model', 'opt'}`` in the .pth).
+            save_inference_file: accepted for arcgis.learn compatibility; geolearn packages
+                name ArcGIS Pro's own inference function.
+
+        Returns:
+            The package folder.
+        """
+        if publish or gis is not None:
+            raise NotImplementedError("publish=True / gis= upload to ArcGIS Online or Enterprise, which is outside "
+                                      "geolearn: share the saved .dlpk instead.")
+        if framework.lower() != "pytorch":
+            raise NotImplementedError(f"framework={framework!r}: geolearn saves 'PyTorch' packages so far.")
+        path = Path(name_or_path)
+        folder = path if (path.is_absolute() or len(path.parts) > 1) else self._models_folder() / path.name
+        name = folder.name
+        average_precision = None
+        figures = {}
+        if self._data is not None:
+            if compute_metrics:
+                average_precision = self.average_precision_score(show_progress=False)
+            if getattr(self.learn.recorder, "losses", None):  # set once fit has run
+                figures["loss_graph"] = self.plot_losses()
+            figures["show_results"] = self.show_results(rows=3)
+        facts = self._facts
+        emd = build_emd(
+            model_file=f"{name}.pth",
+            backbone=self._backbone_name,
+            scales=self.scales,
+            ratios=self.ratios,
+            classes=facts.class_infos,
+            chip_size=facts.chip_size,
+            extract_bands=facts.extract_bands if facts.extract_bands is not None else list(range(facts.n_bands)),
+            learning_rate=self._lr,
+            resize_to=facts.resize_to,
+            is_multispectral=not facts.normalization.imagenet,
+            normalization=facts.normalization,
+            average_precision=average_precision,
+            n_bands=facts.n_bands,
+            band_names=facts.band_names,
+        )
+        optimizer = None
+        if save_optimizer and self.learn is not None and self.learn.opt is not None:
+            optimizer = self.learn.opt.state_dict()
+        return save_package(folder, name, state_dict=self.model.state_dict(), emd=emd, optimizer_state=optimizer,
+                            figures=figures)
+
+    # ------------------------------------------------------------------ prediction
+
+    def _network_input(self, pixels: Tensor) -> Tensor:
+        """Raw ``[C, H, W]`` pixels → the scaled, standardised float32 the network takes."""
+        norm = self._facts.normalization
+        scaled = norm.scale(pixels)
+        mean = torch.tensor(norm.mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(norm.std, dtype=torch.float32)[:, None, None]
+        return (scaled - mean) / std
+
+    def predict(
+        self,
+        image_path: str | Path | np.ndarray,
+        threshold: float = 0.5,
+        nms_overlap: float = 0.1,
+        return_scores: bool = True,
+        visualize: bool = False,
+        resize: bool = False,
+        batch_size: int = 1,
+    ):
+        """Detects objects in one image of any size.
+
+        Images larger than the chip are covered by overlapping chips run in batches;
+        an object on a seam between chips is reported once, with its whole box.
+
+        Args:
+            image_path: a file rasterio reads (GeoTIFF, PNG, JPEG, ...) or an ``[H, W, C]`` array.
+            threshold: minimum score.
+            nms_overlap: IoU above which the weaker of two detections of a class is dropped.
+            return_scores: also return the scores.
+            visualize: draw the detections (shown in Jupyter, kept in ``self.predict_figure``).
+            resize: squish the whole image to the chip size first (boxes are scaled back).
+            batch_size: chips per forward pass.
+
+        Returns:
+            ``(boxes, labels, scores)`` — boxes as ``[xmin, ymin, width, height]`` in image
+            pixels, labels as class names — or ``(boxes, labels)``.
+        """
+        if isinstance(image_path, np.ndarray):
+            pixels = torch.from_numpy(np.ascontiguousarray(image_path.transpose(2, 0, 1)))
+            if self._facts.extract_bands is not None and pixels.shape[0] != self._facts.n_bands:
+                pixels = pixels[list(self._facts.extract_bands)]
+        else:
+            pixels = read_chip(Path(image_path), self._facts.extract_bands)
+        if pixels.shape[0] != self._facts.n_bands:
+            raise ValueError(f"the image has {pixels.shape[0]} bands, the model takes {self._facts.n_bands}; "
+                             "pass an image with the bands the model was trained on.")
+        image = self._network_input(pixels)
+        height, width = image.shape[1:]
+        size = self._facts.chip_size
+        if resize:
+            image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear",
+                                                    align_corners=False)[0]
+        found = predict_tiles(self.model, image, self.anchors, size, score_thresh=threshold, nms_overlap=nms_overlap,
+                              batch_size=batch_size, autocast_dtype=self._precision_dtype())
+        image_boxes = found.image_boxes
+        if resize:
+            image_boxes = image_boxes * torch.tensor([width / size, height / size] * 2)
+        if visualize:
+            from geolearn.viz import plot_detections
+
+            self.predict_figure = plot_detections(self._facts.normalization.scale(pixels)[self._rgb_bands()],
+                                                  image_boxes, found.labels, found.scores, self._facts.classes,
+                                                  self._class_colors())
+            _show(self.predict_figure)
+        boxes = torch.cat([image_boxes[:, :2], image_boxes[:, 2:] - image_boxes[:, :2]], dim=1).tolist()
+        labels = [self._facts.classes[i] for i in found.labels.tolist()]
+        if return_scores:
+            return boxes, labels, found.scores.tolist()
+        return boxes, labels
+
+    def _rgb_bands(self) -> list[int]:
+        if self._data is not None:
+            return list(self._data.rgb_bands)
+        return resolve_rgb_bands(None, self._facts.band_names, self._facts.n_bands)
+
+    def _class_colors(self) -> list[tuple[float, float, float]]:
+        return [(0.5, 0.5, 0.5)] + [tuple(c / 255 for c in info.color) for info in self._facts.class_infos]
+
+    def show_results(self, rows: int = 5, thresh: float = 0.3, nms_overlap: float = 0.1, **kwargs: Any) -> Figure:
+        """Validation chips: ground truth on the left, predictions (with scores) on the right.
+
+        Args:
+            rows: chips to show.
+            thresh: minimum score of a shown prediction.
+            nms_overlap: NMS overlap for the predictions.
+            **kwargs: ``rgb_bands`` (bands to draw).
+
+        Returns:
+            The Figure (shown in Jupyter).
+        """
+        self._require_data("show_results")
+        from geolearn.viz import plot_ground_truth_and_predictions
+
+        settings = DetectionSettings(self.anchors, self._facts.chip_size, thresh, nms_overlap)
+        images, predictions, targets = [], [], []
+        for batch in self._data.valid:
+            found, truth = evaluate(self.model, [batch], settings, self._precision_dtype(), progress=False)
+            decoded = self._data.valid.decode(batch)[0]
+            images += list(decoded.as_subclass(Tensor))
+            predictions += found
+            targets += truth
+            if len(images) >= rows:
+                break
+        rgb = kwargs.get("rgb_bands", self._rgb_bands())
+        figure = plot_ground_truth_and_predictions(
+            [image[list(rgb)] for image in images[:rows]], targets[:rows], predictions[:rows],
+            self._facts.classes, self._class_colors(),
+        )
+        _show(figure)
+        return figure
 
     def _require_data(self, what: str) -> None:
         if self._data is None:

@@ -1,0 +1,101 @@
+"""RetinaNet.save / load / from_model / predict / show_results."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from geolearn import prepare_data
+from geolearn.learn.retinanet import RetinaNet
+
+from conftest import VOC_CHIPS, chip_pixels, make_folder, write_image
+
+CHIPS = {f"{i:09d}": chip for i, chip in enumerate(list(VOC_CHIPS.values()) * 3)}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = make_folder(tmp_path_factory.mktemp("tiny"), CHIPS)
+    return prepare_data(root, chip_size=64, batch_size=4, val_split_pct=0.34)
+
+
+@pytest.fixture
+def model(tiny_data):
+    torch.manual_seed(0)
+    model = RetinaNet(tiny_data, backbone="resnet18", pretrained=False)
+    # Fresh heads predict the prior everywhere; small random weights give varied scores.
+    for head in (model.model.classifier, model.model.box_regressor):
+        torch.nn.init.normal_(head[-1].weight, std=0.05)
+    model.model.eval()
+    return model
+
+
+def test_save_writes_the_package(model, tiny_data):
+    folder = model.save("pools", compute_metrics=True)
+    assert folder == tiny_data.path / "models" / "pools"
+    names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert {"pools.pth", "pools.emd", "pools.dlpk", "model_metrics.html", "ModelCharacteristics/show_results.png"} <= names
+    emd = json.loads((folder / "pools.emd").read_text())
+    assert emd["ModelFile"] == "pools.pth" and emd["ModelParameters"]["backbone"] == "resnet18"
+    assert [c["Name"] for c in emd["Classes"]] == ["pool", "tree"]
+    assert set(emd["average_precision_score"]) <= {"pool", "tree"}
+    with zipfile.ZipFile(folder / "pools.dlpk") as archive:
+        assert "pools.emd" in archive.namelist() and "pools.pth" in archive.namelist()
+
+
+@pytest.mark.parametrize("form", ["emd", "folder", "dlpk"])
+def test_from_model_predicts_identically(model, tmp_path, form):
+    folder = model.save(tmp_path / "saved" / "m", compute_metrics=False)
+    source = {"emd": folder / "m.emd", "folder": folder, "dlpk": folder / "m.dlpk"}[form]
+    loaded = RetinaNet.from_model(source)
+    image = np.moveaxis(chip_pixels([[10, 10, 30, 20]], size=160), 0, -1)
+    expected = model.predict(image, threshold=0.2, batch_size=4)
+    assert loaded.predict(image, threshold=0.2, batch_size=4) == expected
+    assert loaded.scales == model.scales and loaded.ratios == model.ratios
+
+
+def test_load_restores_identical_weights(model, tiny_data):
+    model.save("again", compute_metrics=False)
+    other = RetinaNet(tiny_data, backbone="resnet18", pretrained=False)
+    other.load("again")
+    assert all(torch.equal(a, b) for a, b in zip(model.model.state_dict().values(), other.model.state_dict().values()))
+
+
+def test_a_model_without_data_predicts_and_saves_but_does_not_train(model, tmp_path):
+    loaded = RetinaNet.from_model(model.save(tmp_path / "m", compute_metrics=False))
+    for call in (lambda: loaded.fit(1), loaded.lr_find, loaded.average_precision_score, loaded.show_results):
+        with pytest.raises(RuntimeError, match=r"needs training data.*from_model\(emd_path, data="):
+            call()
+    assert (loaded.save(tmp_path / "resaved") / "resaved.pth").exists()
+
+
+def test_predict_reads_files_and_returns_xywh_boxes_and_names(model, tmp_path):
+    path = write_image(tmp_path / "scene.png", chip_pixels([[40, 50, 70, 60]], size=200))
+    boxes, labels, scores = model.predict(path, threshold=0.2)
+    assert len(boxes) == len(labels) == len(scores)
+    for (x, y, w, h), label in zip(boxes, labels):
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 200 + 1e-4 and y + h <= 200 + 1e-4
+        assert label in ("pool", "tree")
+    assert model.predict(path, threshold=0.2, return_scores=False) == (boxes, labels)
+    model.predict(path, threshold=0.2, visualize=True)
+    assert isinstance(model.predict_figure, Figure)
+
+
+def test_predict_refuses_the_wrong_band_count(model):
+    with pytest.raises(ValueError, match="the image has 4 bands, the model takes 3"):
+        model.predict(np.zeros((64, 64, 4), dtype=np.uint8))
+
+
+def test_show_results_draws_truth_and_predictions(model):
+    figure = model.show_results(rows=2, thresh=0.2)
+    assert isinstance(figure, Figure) and len(figure.axes) == 4
+
+
+def test_publish_is_outside_geolearn(model):
+    with pytest.raises(NotImplementedError, match="outside geolearn"):
+        model.save("x", publish=True)
