@@ -8,8 +8,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["prepare_data", "export_training_data", "RetinaNet"]
-__version__ = "0.1.0"
+from geolearn._version import __version__
+
+__all__ = ["prepare_data", "export_training_data", "RetinaNet", "__version__"]
 
 # Public names are imported on first use: prepare_data pulls in fastai (about 1 GB of
 # memory and seconds of start-up), which exporting chips or generating data never needs.

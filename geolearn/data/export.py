@@ -43,6 +43,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from geolearn._version import __version__
 from geolearn.data.bandstats import BandStats
 from geolearn.data.esri import (
     EMD_FILE,
@@ -893,12 +894,6 @@ def _write_labels(path: Path, labels: ChipLabels, image_name: str, shape: tuple[
 # ----------------------------------------------------------------------------- metadata
 
 
-def _geolearn_version() -> str:
-    import geolearn  # at call time: the package imports this module
-
-    return str(getattr(geolearn, "__version__", "unknown"))
-
-
 def _spatial_reference(crs: CRS | None) -> dict[str, Any]:
     if crs is None:
         return {}
@@ -934,7 +929,7 @@ def _write_metadata(root: Path, src: DatasetReader, raster_path: Path, classes: 
         ],
         "InputRastersProps": {"RasterCount": 1, "BandNames": band_names},
         "geolearn": {
-            "version": _geolearn_version(),
+            "version": __version__,
             "source_raster": str(raster_path.resolve()),
             "crs_wkt": src.crs.to_wkt() if src.crs is not None else None,
             "dtype": src.dtypes[0],
@@ -983,7 +978,7 @@ def _summary(raster_path: Path, classes: list[ClassInfo], options: _Options, tal
     """stats.txt: what was exported, for people (never parsed)."""
     stats = tally.band_stats
     lines = [
-        f"geolearn {_geolearn_version()} export of {raster_path}",
+        f"geolearn {__version__} export of {raster_path}",
         f"chips: {tally.n_chips} ({tally.n_chips - tally.n_background} with objects, "
         f"{tally.n_background} background); objects: {tally.n_features}",
         f"windows skipped: {tally.describe_skips()}",

@@ -61,6 +61,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from geolearn._version import __version__
 from geolearn.data.esri import ClassInfo, parse_classes, read_json
 from geolearn.data.normalization import Normalization
 from geolearn.errors import LabelFormatError, ModelDefinitionError, OutputExistsError
@@ -166,12 +167,6 @@ class ModelDefinition:
     @property
     def written_by_geolearn(self) -> bool:
         return bool(self.geolearn)
-
-
-def _geolearn_version() -> str:
-    import geolearn  # at call time: the package lazily imports this layer
-
-    return str(getattr(geolearn, "__version__", "unknown"))
 
 
 def _format_learning_rate(learning_rate: float | slice | None) -> str:
@@ -377,7 +372,7 @@ def build_emd(
         emd["NormalizationStats"] = _normalization_stats(norm)
         emd["DoNormalize"] = True
     emd["geolearn"] = {
-        "version": _geolearn_version(),
+        "version": __version__,
         "normalization": norm.to_json() if norm is not None else None,
         "scales": emd["ModelParameters"]["scales"],
         "ratios": emd["ModelParameters"]["ratios"],
