@@ -25,6 +25,11 @@ DENSE_NMS_OVERLAP = 0.5
 # AP ranks detections by score; a high threshold would cut the precision-recall curve short
 # (PASCAL VOC and COCO score every detection the model makes; 0.05 is torchvision's floor).
 AP_DETECT_THRESH = 0.05
+CHIP_PX = 256
+HELD_BACK_PX = 512
+# Objects cut by a chip edge are labelled in that chip when at least a quarter of them is inside,
+# the same rule the training crops apply (geolearn.data.transforms.MIN_VISIBLE_FRACTION).
+MIN_OVERLAP = 0.25
 
 
 def _find_sample_scene(explicit: Path | None, out: Path) -> tuple[Path, Path]:
@@ -45,43 +50,79 @@ def _find_sample_scene(explicit: Path | None, out: Path) -> tuple[Path, Path]:
     return files.raster, files.labels
 
 
+def _held_back(raster: Path) -> tuple[object, object]:
+    """The demo's split of the scene: a mask for training chips, and a window held back for predict.
+
+    The east strip of ``HELD_BACK_PX`` pixels is never trained on: training chips come only
+    from windows intersecting the mask, which ends one chip width before the strip.
+    """
+    import geopandas as gpd
+    import rasterio
+    from rasterio.windows import Window
+    from shapely.geometry import box
+
+    with rasterio.open(raster) as src:
+        mask_right = src.width - HELD_BACK_PX - CHIP_PX
+        if mask_right < CHIP_PX or src.height < HELD_BACK_PX:
+            raise SystemExit(f"geolearn demo: {raster} is {src.width} x {src.height} px; the demo needs at least "
+                             f"{HELD_BACK_PX + 2 * CHIP_PX} x {HELD_BACK_PX} px (it holds back {HELD_BACK_PX} px).")
+        mask = gpd.GeoDataFrame(geometry=[box(*src.window_bounds(Window(0, 0, mask_right, src.height)))], crs=src.crs)
+        window = Window(src.width - HELD_BACK_PX, src.height // 2 - HELD_BACK_PX // 2, HELD_BACK_PX, HELD_BACK_PX)
+    return mask, window
+
+
 def _demo(args: argparse.Namespace) -> int:
+    import rasterio
+
     from geolearn import RetinaNet, export_training_data, prepare_data
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     raster, labels = _find_sample_scene(Path(args.sample_data) if args.sample_data else None, out)
-    print(f"1/5 exporting training chips from {raster} with labels {labels.name} ...")
+    mask, held_back = _held_back(raster)
+    print(f"1/6 exporting training chips from {raster} with labels {labels.name} "
+          f"(the east {HELD_BACK_PX} px are held back) ...")
     chips = export_training_data(
         str(raster),
         str(labels),
         chip_format="TIFF",
-        tile_size={"x": 256, "y": 256},
-        stride_size={"x": 128, "y": 128},
+        tile_size={"x": CHIP_PX, "y": CHIP_PX},
+        stride_size={"x": CHIP_PX // 2, "y": CHIP_PX // 2},
         metadata_format="PASCAL_VOC_rectangles",
         output_location=str(out / "chips"),
+        input_mask_polygons=mask,
+        min_polygon_overlap_ratio=MIN_OVERLAP,
         overwrite=True,  # the demo's own output folder
     )
-    print(f"2/5 prepare_data({chips}) ...")
-    data = prepare_data(chips, chip_size=256, batch_size=8)
+    print(f"2/6 prepare_data({chips}) ...")
+    data = prepare_data(chips, chip_size=CHIP_PX, batch_size=8)
     print(f"    classes {data.classes}, {len(data.train_ds)} training and {len(data.valid_ds)} validation chips")
     _save(data.show_batch(rows=3), out / "show_batch.png")
     if args.epochs == 0:
         return 0
 
-    print("3/5 RetinaNet(data, backbone='resnet18', scales='auto') and lr_find() ...")
+    print("3/6 RetinaNet(data, backbone='resnet18', scales='auto') and lr_find() ...")
     model = RetinaNet(data, backbone="resnet18", scales="auto")
     lr = model.lr_find(allow_plot=False, num_it=args.lr_find_batches)
     _save(model.lr_find_figure, out / "lr_find.png")
     print(f"    anchors: scales {[round(s, 3) for s in model.scales]}, ratios {model.ratios}; lr_find chose {lr:.2e}")
-    print(f"4/5 fit({args.epochs}) ...")
+    print(f"4/6 fit({args.epochs}) ...")
     model.fit(args.epochs, lr=lr)
     _save(model.plot_losses(), out / "losses.png")
-    print("5/5 average precision on the validation chips")
+    print("5/6 average precision on the validation chips")
     for iou in (0.1, 0.5):
         scores = model.average_precision_score(detect_thresh=AP_DETECT_THRESH, iou_thresh=iou,
                                                nms_overlap=DENSE_NMS_OVERLAP, show_progress=False)
         print(f"    AP@{iou}: " + ", ".join(f"{name} {value:.3f}" for name, value in scores.items()))
+    folder = model.save(out / "model" / "sample_model")
+    print(f"6/6 saved {folder}; RetinaNet.from_model(...).predict() on the held-back {HELD_BACK_PX} px window")
+    loaded = RetinaNet.from_model(folder / "sample_model.dlpk")
+    with rasterio.open(raster) as src:
+        pixels = src.read(window=held_back).transpose(1, 2, 0)
+    boxes, names, _ = loaded.predict(pixels, threshold=0.4, nms_overlap=DENSE_NMS_OVERLAP, visualize=True, batch_size=8)
+    found = ", ".join(f"{names.count(c)} {c}" for c in loaded._facts.classes[1:])
+    print(f"    found {found}")
+    _save(loaded.predict_figure, out / "predict_held_back.png")
     return 0
 
 
