@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,32 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from geolearn.data.labels import ChipLabels, write_kitti, write_voc
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Tests never touch the network: outward connections fail as they would offline.
+
+    Loopback stays open for local services (a Dask LocalCluster, say). Code that would
+    download (torchvision's ImageNet weights) takes its offline path.
+    """
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+    local = ("127.0.0.1", "::1", "localhost", None, "")
+
+    def connect(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if sock.family == socket.AF_UNIX or host in local:
+            return real_connect(sock, address)
+        raise OSError(f"tests must not touch the network (tried {address!r})")
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host in local:
+            return real_getaddrinfo(host, *args, **kwargs)
+        raise socket.gaierror(f"tests must not touch the network (looked up {host!r})")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
 
 # A chip of 64 × 64 px with one bright object per box, on a dark noisy background.
 CHIP = 64
