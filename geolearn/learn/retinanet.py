@@ -41,7 +41,7 @@ from geolearn.models.backbones import BACKBONES
 from geolearn.models.loss import RetinaNetLoss
 from geolearn.models.predictor import predict_tiles
 from geolearn.models.retinanet import build_retinanet, param_groups
-from geolearn.viz import plot_losses, plot_lr_find
+from geolearn.viz import plot_detections, plot_ground_truth_and_predictions, plot_losses, plot_lr_find
 
 __all__ = ["RetinaNet", "suggest_lr"]
 
@@ -375,12 +375,15 @@ class RetinaNet:
 
     def plot_losses(self) -> Figure:
         """Training loss per batch and validation loss per epoch of the fits so far."""
-        recorder = self.learn.recorder
-        train = [float(v) for v in recorder.losses]
-        valid = [float(row[1]) for row in recorder.values if len(row) > 1 and row[1] is not None]
-        figure = plot_losses(list(range(len(train))), train, list(recorder.iters)[: len(valid)], valid)
+        figure = self._losses_figure()
         _show(figure)
         return figure
+
+    def _losses_figure(self) -> Figure:
+        recorder = self.learn.recorder
+        train = [float(v) for v in getattr(recorder, "losses", [])]
+        valid = [float(row[1]) for row in getattr(recorder, "values", []) if len(row) > 1 and row[1] is not None]
+        return plot_losses(list(range(len(train))), train, list(getattr(recorder, "iters", []))[: len(valid)], valid)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -509,8 +512,8 @@ class RetinaNet:
             if compute_metrics:
                 average_precision = self.average_precision_score(show_progress=False)
             if getattr(self.learn.recorder, "losses", None):  # set once fit has run
-                figures["loss_graph"] = self.plot_losses()
-            figures["show_results"] = self.show_results(rows=3)
+                figures["loss_graph"] = self._losses_figure()
+            figures["show_results"] = self._results_figure(rows=3, thresh=0.3, nms_overlap=0.1)
         facts = self._facts
         emd = build_emd(
             model_file=f"{name}.pth",
@@ -593,8 +596,6 @@ class RetinaNet:
         if resize:
             image_boxes = image_boxes * torch.tensor([width / size, height / size] * 2)
         if visualize:
-            from geolearn.viz import plot_detections
-
             self.predict_figure = plot_detections(self._facts.normalization.scale(pixels)[self._rgb_bands()],
                                                   image_boxes, found.labels, found.scores, self._facts.classes,
                                                   self._class_colors())
@@ -626,25 +627,25 @@ class RetinaNet:
             The Figure (shown in Jupyter).
         """
         self._require_data("show_results")
-        from geolearn.viz import plot_ground_truth_and_predictions
+        figure = self._results_figure(rows, thresh, nms_overlap, kwargs.get("rgb_bands"))
+        _show(figure)
+        return figure
 
+    def _results_figure(self, rows: int, thresh: float, nms_overlap: float, rgb_bands=None) -> Figure:
         settings = DetectionSettings(self.anchors, self._facts.chip_size, thresh, nms_overlap)
         images, predictions, targets = [], [], []
         for batch in self._data.valid:
             found, truth = evaluate(self.model, [batch], settings, self._precision_dtype(), progress=False)
-            decoded = self._data.valid.decode(batch)[0]
-            images += list(decoded.as_subclass(Tensor))
+            images += list(self._data.valid.decode(batch)[0].as_subclass(Tensor))
             predictions += found
             targets += truth
             if len(images) >= rows:
                 break
-        rgb = kwargs.get("rgb_bands", self._rgb_bands())
-        figure = plot_ground_truth_and_predictions(
-            [image[list(rgb)] for image in images[:rows]], targets[:rows], predictions[:rows],
+        rgb = list(rgb_bands) if rgb_bands is not None else self._rgb_bands()
+        return plot_ground_truth_and_predictions(
+            [image[rgb] for image in images[:rows]], targets[:rows], predictions[:rows],
             self._facts.classes, self._class_colors(),
         )
-        _show(figure)
-        return figure
 
     def _require_data(self, what: str) -> None:
         if self._data is None:
