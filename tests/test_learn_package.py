@@ -99,3 +99,50 @@ def test_show_results_draws_truth_and_predictions(model):
 def test_publish_is_outside_geolearn(model):
     with pytest.raises(NotImplementedError, match="outside geolearn"):
         model.save("x", publish=True)
+
+
+def test_an_arcgis_learn_model_folder_loads_and_predicts(tmp_path):
+    """A folder as arcgis.learn saves it (EMD with its older class keys, plain state_dict .pth)."""
+    from test_retinanet_model import REF, recipe_state_dict
+
+    folder = tmp_path / "arcgis_model"
+    folder.mkdir()
+    weights = recipe_state_dict("resnet18")  # arcgis.learn's keys, filled by the reference recipe
+    torch.save(weights, folder / "trees.pth")
+    emd = {
+        "Framework": "arcgis.learn.models._inferencing",
+        "ModelConfiguration": "_RetinaNet_Inference",
+        "ModelType": "ObjectDetection",
+        "ModelFile": "trees.pth",
+        "ModelName": "RetinaNet",
+        "ImageHeight": 256,
+        "ImageWidth": 256,
+        "ExtractBands": [0, 1, 2],
+        "ModelParameters": {"backbone": "resnet18", "scales": [1, 2 ** (-1 / 3), 2 ** (-2 / 3)], "ratios": [0.5, 1, 2]},
+        "Classes": [{"ClassValue": 1, "ClassName": "pool", "Color": [0, 0, 255]},
+                    {"ClassValue": 2, "ClassName": "tree", "Color": [0, 255, 0]}],
+        "IsMultispectral": False,
+        "LearningRate": "1.0000e-03",
+    }
+    (folder / "trees.emd").write_text(json.dumps(emd))
+    model = RetinaNet.from_model(folder)
+    assert all(torch.equal(model.model.state_dict()[key], value) for key, value in weights.items())
+    reference = torch.load(REF / "forward_resnet18_256.pt", weights_only=True)
+    model.model.eval()
+    with torch.no_grad():
+        cls, box = model.model(reference["input"])
+    assert torch.allclose(cls, reference["cls"], atol=1e-5) and torch.allclose(box, reference["box"], atol=1e-5)
+    boxes, labels, scores = model.predict(np.full((300, 300, 3), 100, dtype=np.uint8), threshold=0.5)
+    assert len(boxes) == len(labels) == len(scores) and set(labels) <= {"pool", "tree"}
+
+
+def test_torchscript_package_gives_the_same_outputs(model, tmp_path):
+    folder = model.save(tmp_path / "scripted", framework="torchscript", compute_metrics=False)
+    traced = torch.jit.load(str(folder / "scripted.pt"))
+    images = torch.randn(2, 3, 64, 64)
+    model.model.eval()
+    with torch.no_grad():
+        expected, got = model.model(images), traced(images)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(expected, got))
+    with zipfile.ZipFile(folder / "scripted.dlpk") as archive:
+        assert "scripted.pt" in archive.namelist()

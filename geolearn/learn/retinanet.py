@@ -10,6 +10,7 @@ train well from random initialisation on a CPU.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from dataclasses import dataclass
@@ -488,7 +489,8 @@ class RetinaNet:
 
         Args:
             name_or_path: a name (saved in ``<data.path>/models/<name>/``) or a folder path.
-            framework: ``'PyTorch'`` (the only one so far).
+            framework: ``'PyTorch'``, or ``'torchscript'`` to add ``<name>.pt``, the network
+                traced for the training chip size (loads with ``torch.jit.load`` without geolearn).
             publish, gis: publishing to ArcGIS Online/Enterprise is outside geolearn.
             compute_metrics: compute the validation AP per class into the EMD (needs data).
             save_optimizer: also save the optimizer state (``{'model', 'opt'}`` in the .pth).
@@ -501,8 +503,8 @@ class RetinaNet:
         if publish or gis is not None:
             raise NotImplementedError("publish=True / gis= upload to ArcGIS Online or Enterprise, which is outside "
                                       "geolearn: share the saved .dlpk instead.")
-        if framework.lower() != "pytorch":
-            raise NotImplementedError(f"framework={framework!r}: geolearn saves 'PyTorch' packages so far.")
+        if framework.lower() not in ("pytorch", "torchscript"):
+            raise NotImplementedError(f"framework={framework!r}: geolearn saves 'PyTorch' and 'torchscript' packages.")
         path = Path(name_or_path)
         folder = path if (path.is_absolute() or len(path.parts) > 1) else self._models_folder() / path.name
         name = folder.name
@@ -534,8 +536,24 @@ class RetinaNet:
         optimizer = None
         if save_optimizer and self.learn is not None and self.learn.opt is not None:
             optimizer = self.learn.opt.state_dict()
+        extra_files = {f"{name}.pt": self._traced_network()} if framework.lower() == "torchscript" else None
         return save_package(folder, name, state_dict=self.model.state_dict(), emd=emd, optimizer_state=optimizer,
-                            figures=figures)
+                            figures=figures, extra_files=extra_files)
+
+    def _traced_network(self) -> bytes:
+        """The network as TorchScript, traced in eval mode on one chip of the training size."""
+        size = self._facts.chip_size
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit's deprecation notices: tracing still works
+                traced = torch.jit.trace(self.model, torch.zeros(1, self._facts.n_bands, size, size), strict=False)
+                buffer = io.BytesIO()
+                torch.jit.save(traced, buffer)
+        finally:
+            self.model.train(was_training)
+        return buffer.getvalue()
 
     # ------------------------------------------------------------------ prediction
 
