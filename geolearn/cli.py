@@ -19,7 +19,7 @@ from geolearn.errors import GeolearnError
 __all__ = ["main"]
 
 SAMPLE_NAME = "sample_scene"
-DEMO_EPOCHS = 10
+DEMO_EPOCHS = 20
 # Crowns in a stand touch: their boxes overlap by more than arcgis.learn's NMS default (0.1).
 DENSE_NMS_OVERLAP = 0.5
 # AP ranks detections by score; a high threshold would cut the precision-recall curve short
