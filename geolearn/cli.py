@@ -53,8 +53,8 @@ def _find_sample_scene(explicit: Path | None, out: Path) -> tuple[Path, Path]:
 def _held_back(raster: Path) -> tuple[object, object]:
     """The demo's split of the scene: a mask for training chips, and a window held back for predict.
 
-    The east strip of ``HELD_BACK_PX`` pixels is never trained on: training chips come only
-    from windows intersecting the mask, which ends one chip width before the strip.
+    The south-east corner of ``HELD_BACK_PX`` × ``HELD_BACK_PX`` pixels is never trained on:
+    training chips come only from windows intersecting the mask.
     """
     import geopandas as gpd
     import rasterio
@@ -62,12 +62,17 @@ def _held_back(raster: Path) -> tuple[object, object]:
     from shapely.geometry import box
 
     with rasterio.open(raster) as src:
-        mask_right = src.width - HELD_BACK_PX - CHIP_PX
-        if mask_right < CHIP_PX or src.height < HELD_BACK_PX:
+        if min(src.width, src.height) < HELD_BACK_PX + 2 * CHIP_PX:
+            side = HELD_BACK_PX + 2 * CHIP_PX
             raise SystemExit(f"geolearn demo: {raster} is {src.width} x {src.height} px; the demo needs at least "
-                             f"{HELD_BACK_PX + 2 * CHIP_PX} x {HELD_BACK_PX} px (it holds back {HELD_BACK_PX} px).")
-        mask = gpd.GeoDataFrame(geometry=[box(*src.window_bounds(Window(0, 0, mask_right, src.height)))], crs=src.crs)
-        window = Window(src.width - HELD_BACK_PX, src.height // 2 - HELD_BACK_PX // 2, HELD_BACK_PX, HELD_BACK_PX)
+                             f"{side} x {side} px (it holds back a {HELD_BACK_PX} px corner).")
+        # No chip window that touches the mask can reach the held-back corner: the mask stops
+        # one chip width short of it.
+        reserved = Window(src.width - HELD_BACK_PX - CHIP_PX, src.height - HELD_BACK_PX - CHIP_PX,
+                          HELD_BACK_PX + CHIP_PX, HELD_BACK_PX + CHIP_PX)
+        whole = box(*src.bounds)
+        mask = gpd.GeoDataFrame(geometry=[whole.difference(box(*src.window_bounds(reserved)))], crs=src.crs)
+        window = Window(src.width - HELD_BACK_PX, src.height - HELD_BACK_PX, HELD_BACK_PX, HELD_BACK_PX)
     return mask, window
 
 
@@ -81,7 +86,7 @@ def _demo(args: argparse.Namespace) -> int:
     raster, labels = _find_sample_scene(Path(args.sample_data) if args.sample_data else None, out)
     mask, held_back = _held_back(raster)
     print(f"1/6 exporting training chips from {raster} with labels {labels.name} "
-          f"(the east {HELD_BACK_PX} px are held back) ...")
+          f"(a {HELD_BACK_PX} px corner is held back) ...")
     chips = export_training_data(
         str(raster),
         str(labels),

@@ -30,7 +30,7 @@ def test_demo_exports_prepares_and_draws(tmp_path, capsys):
 
 def test_demo_needs_a_scene_large_enough_to_hold_back_a_part(tmp_path):
     scene = make_scene(tmp_path / "scene", size=512, seed=5, name="sample_scene")
-    with pytest.raises(SystemExit, match="the demo needs at least 1024 x 512 px"):
+    with pytest.raises(SystemExit, match="the demo needs at least 1024 x 1024 px"):
         main(["demo", "--out", str(tmp_path / "o"), "--sample-data", str(scene.raster.parent)])
 
 
