@@ -117,3 +117,16 @@ def make_folder(root: Path, chips=VOC_CHIPS, *, fmt: str = "voc", suffix: str = 
 @pytest.fixture
 def voc_folder(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "voc")
+
+
+# Fifteen 64 px chips: enough for a train and a validation batch, quick on a CPU.
+TINY_CHIPS = {f"{i:09d}": chip for i, chip in enumerate(list(VOC_CHIPS.values()) * 3)}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """prepare_data on TINY_CHIPS: 64 px chips, batches of 4, a third for validation."""
+    from geolearn import prepare_data
+
+    root = make_folder(tmp_path_factory.mktemp("tiny"), TINY_CHIPS)
+    return prepare_data(root, chip_size=64, batch_size=4, val_split_pct=0.34)

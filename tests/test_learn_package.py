@@ -10,19 +10,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from geolearn import prepare_data
 from geolearn.learn.retinanet import RetinaNet
 
-from conftest import VOC_CHIPS, chip_pixels, make_folder, write_image
-
-CHIPS = {f"{i:09d}": chip for i, chip in enumerate(list(VOC_CHIPS.values()) * 3)}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = make_folder(tmp_path_factory.mktemp("tiny"), CHIPS)
-    return prepare_data(root, chip_size=64, batch_size=4, val_split_pct=0.34)
-
+from conftest import chip_pixels, write_image
 
 @pytest.fixture
 def model(tiny_data):

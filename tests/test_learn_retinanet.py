@@ -13,17 +13,7 @@ from geolearn import prepare_data
 from geolearn.learn.retinanet import RetinaNet
 from geolearn.models.anchors import DEFAULT_SCALES
 
-from conftest import VOC_CHIPS, make_folder
-
-# Twelve 64 px chips: enough for a train and a validation batch, quick on a CPU.
-CHIPS = {f"{i:09d}": chip for i, chip in enumerate(list(VOC_CHIPS.values()) * 3)}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = make_folder(tmp_path_factory.mktemp("tiny"), CHIPS)
-    return prepare_data(root, chip_size=64, batch_size=4, val_split_pct=0.34)
-
+from conftest import make_folder
 
 @pytest.fixture
 def model(tiny_data):
