@@ -10,6 +10,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from geolearn import prepare_data
 from geolearn.learn.retinanet import RetinaNet
 
 from conftest import chip_pixels, write_image
@@ -136,3 +137,21 @@ def test_torchscript_package_gives_the_same_outputs(model, tmp_path):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(expected, got))
     with zipfile.ZipFile(folder / "scripted.dlpk") as archive:
         assert "scripted.pt" in archive.namelist()
+
+
+def test_the_package_records_the_training_imagerys_cell_size_and_crs(tmp_path):
+    from geolearn import export_training_data
+    from geolearn.data.synthetic import make_scene
+
+    scene = make_scene(tmp_path / "scene", size=512, seed=1)
+    chips = export_training_data(str(scene.raster), str(scene.labels), output_location=str(tmp_path / "chips"),
+                                 progress=False)
+    data = prepare_data(chips, chip_size=128, batch_size=4)
+    model = RetinaNet(data, backbone="resnet18", pretrained=False)
+    folder = model.save(tmp_path / "m", compute_metrics=False)
+    emd = json.loads((folder / "m.emd").read_text())
+    assert emd["MinCellSize"]["x"] == pytest.approx(0.3)
+    assert emd["MinCellSize"]["spatialReference"] == {"wkid": 32633}
+    assert "UTM zone 33N" in emd["geolearn"]["crs_wkt"]
+    loaded = RetinaNet.from_model(folder)
+    assert loaded._facts.crs_wkt == emd["geolearn"]["crs_wkt"]

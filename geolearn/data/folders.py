@@ -71,6 +71,7 @@ class FolderData:
         infos: per chip, its header.
         classes: the classes (value, name, colour) the folder defines or uses.
         band_stats: the export's accumulated band statistics, when it has them.
+        emd: the export's ``esri_model_definition.emd``, when it has one.
     """
 
     root: Path
@@ -80,6 +81,7 @@ class FolderData:
     infos: list[ImageInfo]
     classes: list[ClassInfo]
     band_stats: BandStats | None
+    emd: dict | None = None
 
 
 def infer_dataset_type(root: Path) -> str:
@@ -298,7 +300,8 @@ def read_folder(
         raise NoChipsError(f"{root}: none of the chips in images/ has a label file; nothing to train on.")
     _check_bands(root, images, infos)
 
-    emd_classes = parse_classes(read_json(root / EMD_FILE), root / EMD_FILE) if (root / EMD_FILE).exists() else None
+    emd = read_json(root / EMD_FILE) if (root / EMD_FILE).exists() else None
+    emd_classes = parse_classes(emd, root / EMD_FILE) if emd is not None else None
     labels, classes = _resolve_classes(root, raw_labels, emd_classes, token_names, class_mapping)
 
     n_clipped = n_dropped = 0
@@ -325,4 +328,4 @@ def read_folder(
                 f"{root / STATS_FILE}: BandStatsState entries need Min, Max, M1, M2 and Num ({err!r})."
             ) from None
     logger.info("%s: %d chips, %s, classes %s", root, len(images), dataset_type, [c.name for c in classes])
-    return FolderData(root, dataset_type, images, labels, infos, classes, band_stats)
+    return FolderData(root, dataset_type, images, labels, infos, classes, band_stats, emd)

@@ -46,6 +46,8 @@ class DetectionData(DataLoaders):
         extract_bands: 0-based bands read from each chip (None: all).
         bands: band names (e.g. ``['red', 'green', 'blue', 'nir']``), when given.
         rgb_bands: 0-based bands (of the extracted ones) drawn as red, green, blue.
+        cell_size: the export's cell size (``{x, y, spatialReference}``), when known.
+        crs_wkt: the CRS of the exported raster, when known.
     """
 
     @property
@@ -401,6 +403,10 @@ def prepare_data(
     data.bands = list(kwargs["bands"]) if kwargs.get("bands") else None
     data.rgb_bands = resolve_rgb_bands(kwargs.get("rgb_bands"), data.bands, n_bands)
     data.resize_to = resize_to
+    # Ground sample distance and CRS of the training imagery (from the export), for the model's EMD.
+    export_emd = folders[0].emd or {}
+    data.cell_size = export_emd.get("MinCellSize", export_emd.get("CellSize"))
+    data.crs_wkt = (export_emd.get("geolearn") or {}).get("crs_wkt")
     data.seed = seed
     data.path = data_root
     logger.info("prepared %d training and %d validation chips, classes %s", len(train_ds), len(valid_ds), names)

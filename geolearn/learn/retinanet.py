@@ -94,6 +94,9 @@ class ModelFacts:
         band_names: their names, when known.
         extract_bands: 0-based bands taken from an image (None: all).
         resize_to: side chips were squished to before cropping, or None.
+        cell_size: ground sample distance of the training imagery (a number or Esri's
+            ``{x, y, spatialReference}``), when known.
+        crs_wkt: CRS of the training imagery, when known.
     """
 
     classes: list[str]
@@ -104,6 +107,8 @@ class ModelFacts:
     band_names: list[str] | None = None
     extract_bands: list[int] | None = None
     resize_to: int | None = None
+    cell_size: Any = None
+    crs_wkt: str | None = None
 
 
 def facts_from_data(data) -> ModelFacts:
@@ -119,6 +124,8 @@ def facts_from_data(data) -> ModelFacts:
         band_names=data.bands,
         extract_bands=data.extract_bands,
         resize_to=data.resize_to,
+        cell_size=getattr(data, "cell_size", None),
+        crs_wkt=getattr(data, "crs_wkt", None),
     )
 
 
@@ -472,6 +479,8 @@ class RetinaNet:
             band_names=definition.band_names,
             extract_bands=definition.extract_bands,
             resize_to=definition.resize_to,
+            cell_size=definition.cell_size,
+            crs_wkt=definition.crs_wkt,
         )
         model = cls.__new__(cls)
         model._setup(facts, scales=definition.scales, ratios=definition.ratios, backbone=definition.backbone,
@@ -539,6 +548,8 @@ class RetinaNet:
             average_precision=average_precision,
             n_bands=facts.n_bands,
             band_names=facts.band_names,
+            cell_size=facts.cell_size,
+            crs_wkt=facts.crs_wkt,
         )
         optimizer = None
         if save_optimizer and self.learn is not None and self.learn.opt is not None:
