@@ -117,3 +117,21 @@ def test_overfits_one_chip(tmp_path):
     last = float(model.learn.recorder.values[-1][1])  # the validation loss on the same chip at the end
     assert last <= first / 10
     assert model.average_precision_score(iou_thresh=0.5, show_progress=False) == {"pool": 1.0, "tree": 1.0}
+
+
+def test_lr_suggestion_on_a_flat_then_diverging_curve_stays_well_below_the_takeoff():
+    from geolearn.learn.retinanet import TAKEOFF_DIVISOR, suggest_lr
+
+    lrs = torch.logspace(-7, -1, 61).tolist()  # ten points a decade
+    losses = [5.0] * 50 + torch.linspace(8.0, 30.0, 11).tolist()  # takes off at lrs[50] = 1e-2
+    assert suggest_lr(lrs, losses, valley_lr=5e-5) == pytest.approx(1e-2 / TAKEOFF_DIVISOR, rel=1e-3)
+    assert TAKEOFF_DIVISOR == 15
+
+
+def test_lr_suggestion_keeps_a_higher_valley_and_a_curve_that_never_takes_off():
+    from geolearn.learn.retinanet import suggest_lr
+
+    lrs = torch.logspace(-7, -1, 61).tolist()
+    losses = [5.0] * 50 + torch.linspace(8.0, 30.0, 11).tolist()
+    assert suggest_lr(lrs, losses, valley_lr=3e-3) == 3e-3
+    assert suggest_lr(lrs, [5.0] * 61, valley_lr=2e-4) == 2e-4
