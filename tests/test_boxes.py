@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 
+from geolearn.data.boxes import pixel_to_unit, unit_to_pixel
 from geolearn.models.boxes import (
-    chip_to_unit,
     cthw_to_chip,
     cthw_to_xyxy,
     decode,
     encode,
-    unit_to_chip,
     xyxy_to_cthw,
 )
 
@@ -38,17 +37,8 @@ def test_xyxy_cthw_round_trip_and_leading_dims():
 
 def test_unit_and_chip_pixels_map_edges_to_edges():
     unit = torch.tensor([[-1.0, -1.0, 1.0, 0.0]])
-    torch.testing.assert_close(unit_to_chip(unit, 256), torch.tensor([[0.0, 0.0, 256.0, 128.0]]))
-    torch.testing.assert_close(chip_to_unit(unit_to_chip(unit, 224), 224), unit)
-
-
-def test_unit_chip_conversion_agrees_with_the_data_layer():
-    from geolearn.data.transforms import pixel_to_unit, unit_to_pixel
-
-    chip_boxes = torch.tensor([[3.0, 10.5, 40.0, 200.0], [0.0, 0.0, 224.0, 224.0]])
-    torch.testing.assert_close(chip_to_unit(chip_boxes, 224), pixel_to_unit(chip_boxes, 224, 224))
-    unit = chip_to_unit(chip_boxes, 224)
-    torch.testing.assert_close(unit_to_chip(unit, 224), unit_to_pixel(unit, 224, 224))
+    torch.testing.assert_close(unit_to_pixel(unit, 256, 256), torch.tensor([[0.0, 0.0, 256.0, 128.0]]))
+    torch.testing.assert_close(pixel_to_unit(unit_to_pixel(unit, 224, 224), 224, 224), unit)
 
 
 def test_cthw_to_chip():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from geolearn.data.boxes import pixel_to_unit
 from geolearn.models.anchors import make_anchors
-from geolearn.models.boxes import chip_to_unit, cthw_to_chip, decode, encode, xyxy_to_cthw
+from geolearn.models.boxes import cthw_to_chip, decode, encode, xyxy_to_cthw
 from geolearn.models.postprocess import Detections, detect
 
 CHIP = 64
@@ -33,7 +34,7 @@ def test_deltas_move_the_box():
     cls_logits, box_deltas = quiet_outputs()
     cell_anchor = 9 * 27 + 3  # P3 row 3, column 3: centred at (28, 28)
     target = torch.tensor([[22.0, 20.0, 42.0, 30.0]])
-    box_deltas[0, cell_anchor] = encode(xyxy_to_cthw(chip_to_unit(target, CHIP)), ANCHORS[cell_anchor])[0]
+    box_deltas[0, cell_anchor] = encode(xyxy_to_cthw(pixel_to_unit(target, CHIP, CHIP)), ANCHORS[cell_anchor])[0]
     cls_logits[0, cell_anchor, 0] = 3.0
     (found,) = detect([cls_logits, box_deltas], ANCHORS, CHIP)
     torch.testing.assert_close(found.chip_boxes, target)

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from geolearn import prepare_data
 from geolearn.data.normalization import CACHE_FILE, IMAGENET_MEAN, IMAGENET_STD
 from geolearn.data.prepare import split_indices
-from geolearn.data.transforms import unit_to_pixel
+from geolearn.data.boxes import unit_to_pixel
 from geolearn.errors import (
     BandMismatchError,
     DataFolderError,

@@ -11,15 +11,14 @@ import pytest
 import torch
 from fastai.vision.all import Brightness, Contrast, Dihedral, TensorBBox, TensorImage, TensorMultiCategory, Zoom
 
+from geolearn.data.boxes import pixel_to_unit, unit_to_pixel
 from geolearn.data.transforms import (
     ClipBoxes,
     MIN_VISIBLE_FRACTION,
     crop,
     default_batch_transforms,
     pad_to,
-    pixel_to_unit,
     resize,
-    unit_to_pixel,
 )
 
 SIZE = 64

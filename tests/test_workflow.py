@@ -10,8 +10,8 @@ import torch
 from matplotlib.figure import Figure
 
 from geolearn import export_training_data, prepare_data
+from geolearn.data.boxes import unit_to_pixel
 from geolearn.data.synthetic import make_scene
-from geolearn.data.transforms import unit_to_pixel
 
 REPO = Path(__file__).resolve().parents[1]
 

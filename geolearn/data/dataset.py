@@ -17,10 +17,11 @@ import torch
 from fastai.vision.all import TensorBBox, TensorImage, TensorMultiCategory
 from torch.utils.data import Dataset
 
+from geolearn.data.boxes import pixel_to_unit
 from geolearn.data.images import read_chip
 from geolearn.data.labels import ChipLabels
 from geolearn.data.normalization import Normalization
-from geolearn.data.transforms import center_crop_origin, crop, pad_to, pixel_to_unit, random_crop_origin, resize
+from geolearn.data.transforms import center_crop_origin, crop, pad_to, random_crop_origin, resize
 
 __all__ = ["ChipDataset"]
 

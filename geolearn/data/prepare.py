@@ -12,11 +12,12 @@ import numpy as np
 from fastai.vision.all import DataLoaders, Normalize, TfmdDL, Transform, bb_pad
 
 from geolearn.data.bandstats import BandStats
+from geolearn.data.boxes import unit_to_pixel
 from geolearn.data.dataset import ChipDataset
 from geolearn.data.esri import ClassInfo
 from geolearn.data.folders import FolderData, read_folder
 from geolearn.data.normalization import Normalization, cached_sample_normalization
-from geolearn.data.transforms import default_batch_transforms, unit_to_pixel
+from geolearn.data.transforms import default_batch_transforms
 from geolearn.errors import BandMismatchError, DataFolderError, NoChipsError
 
 __all__ = ["prepare_data", "DetectionData", "split_indices", "resolve_rgb_bands"]

@@ -34,8 +34,6 @@ __all__ = [
     "resize",
     "random_crop_origin",
     "center_crop_origin",
-    "pixel_to_unit",
-    "unit_to_pixel",
     "ClipBoxes",
     "default_batch_transforms",
     "MIN_VISIBLE_FRACTION",
@@ -118,21 +116,6 @@ def random_crop_origin(height: int, width: int, size: int, generator: torch.Gene
 def center_crop_origin(height: int, width: int, size: int) -> tuple[int, int]:
     """The ``(top, left)`` of a centred ``size`` crop."""
     return (height - size) // 2, (width - size) // 2
-
-
-def pixel_to_unit(chip_boxes: Tensor, height: int, width: int) -> Tensor:
-    """xyxy chip pixels → xyxy in [-1, 1] (fastai's ``TensorBBox`` convention).
-
-    Pixel edges map to the unit square's edges: 0 → -1 and ``width`` → 1.
-    """
-    scale = chip_boxes.new_tensor([width, height, width, height])
-    return chip_boxes * 2 / scale - 1
-
-
-def unit_to_pixel(unit_boxes: Tensor, height: int, width: int) -> Tensor:
-    """xyxy in [-1, 1] → xyxy chip pixels; the inverse of :func:`pixel_to_unit`."""
-    scale = unit_boxes.new_tensor([width, height, width, height])
-    return (unit_boxes + 1) * scale / 2
 
 
 class ClipBoxes(Transform):

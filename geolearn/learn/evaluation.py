@@ -14,7 +14,7 @@ import torch
 from fastai.learner import Metric
 from torch import Tensor
 
-from geolearn.data.transforms import unit_to_pixel
+from geolearn.data.boxes import unit_to_pixel
 from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.models.postprocess import detect
 

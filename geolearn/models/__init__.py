@@ -26,12 +26,10 @@ from geolearn.models.anchors import (
 )
 from geolearn.models.backbones import BACKBONES, build_encoder, supported_backbones
 from geolearn.models.boxes import (
-    chip_to_unit,
     cthw_to_chip,
     cthw_to_xyxy,
     decode,
     encode,
-    unit_to_chip,
     xyxy_to_cthw,
 )
 from geolearn.models.loss import RetinaNetLoss, match_anchors
@@ -54,8 +52,6 @@ __all__ = [
     "AnchorFit",
     "cthw_to_xyxy",
     "xyxy_to_cthw",
-    "unit_to_chip",
-    "chip_to_unit",
     "cthw_to_chip",
     "encode",
     "decode",

@@ -8,7 +8,8 @@ Three formats meet in a RetinaNet for aerial chips:
 * **cthw** — ``(cy, cx, h, w)`` in the same [-1, 1] space, y first, full sizes: arcgis.learn's
   anchor format, the space in which box deltas are defined.
 * **chip xyxy** — ``(x1, y1, x2, y2)`` in chip pixels: what readers, the metric and
-  predictions use.
+  predictions use. Unit ↔ chip pixels is :mod:`geolearn.data.boxes` (fastai-free, shared
+  with the data layer).
 
 Box deltas (the regression head's output) are ``(dy, dx, dh, dw)``: the centre offset over the
 anchor size and the log size ratio, divided by :data:`DELTA_STD` = (0.1, 0.1, 0.2, 0.2).
@@ -23,12 +24,12 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
+from geolearn.data.boxes import unit_to_pixel
+
 __all__ = [
     "DELTA_STD",
     "cthw_to_xyxy",
     "xyxy_to_cthw",
-    "unit_to_chip",
-    "chip_to_unit",
     "cthw_to_chip",
     "encode",
     "decode",
@@ -58,27 +59,9 @@ def xyxy_to_cthw(boxes: Tensor) -> Tensor:
     return _swap_xy(box_convert(boxes, "xyxy", "cxcywh"))
 
 
-# unit_to_chip/chip_to_unit are geolearn.data.transforms.unit_to_pixel/pixel_to_unit for square
-# chips (a test pins that). They are restated, not imported, because that module imports fastai
-# (seconds and ~1 GB), which inference with this package never needs.
-
-
-def unit_to_chip(unit_boxes: Tensor, chip_size: int) -> Tensor:
-    """``Tensor[..., 4]`` xyxy in [-1, 1] → ``Tensor[..., 4]`` xyxy in pixels of a square chip.
-
-    Pixel edges, not centres: -1 → 0 and +1 → ``chip_size``.
-    """
-    return (unit_boxes + 1) * (chip_size / 2)
-
-
-def chip_to_unit(chip_boxes: Tensor, chip_size: int) -> Tensor:
-    """``Tensor[..., 4]`` xyxy in pixels of a square chip → ``Tensor[..., 4]`` xyxy in [-1, 1]."""
-    return chip_boxes * (2 / chip_size) - 1
-
-
 def cthw_to_chip(boxes: Tensor, chip_size: int) -> Tensor:
     """``Tensor[..., 4]`` (cy, cx, h, w) in [-1, 1] → ``Tensor[..., 4]`` xyxy in chip pixels."""
-    return unit_to_chip(cthw_to_xyxy(boxes), chip_size)
+    return unit_to_pixel(cthw_to_xyxy(boxes), chip_size, chip_size)
 
 
 def encode(target_cthw: Tensor, anchors: Tensor) -> Tensor:

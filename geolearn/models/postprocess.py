@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms, remove_small_boxes
 
-from geolearn.models.boxes import cthw_to_xyxy, decode, unit_to_chip
+from geolearn.data.boxes import unit_to_pixel
+from geolearn.models.boxes import cthw_to_xyxy, decode
 
 __all__ = ["Detections", "detect"]
 
@@ -54,7 +55,7 @@ def _detect_one(
     labels = candidates % n_classes + 1
 
     unit_boxes = cthw_to_xyxy(decode(box_deltas[anchor_idx].float(), anchors[anchor_idx]))
-    chip_boxes = unit_to_chip(unit_boxes, chip_size).clamp(0, chip_size)
+    chip_boxes = unit_to_pixel(unit_boxes, chip_size, chip_size).clamp(0, chip_size)
     keep = remove_small_boxes(chip_boxes, _MIN_SIDE_PX)
     chip_boxes, labels, scores = chip_boxes[keep], labels[keep], scores[keep]
 
