@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import geopandas as gpd
 import numpy as np
 import torch
 from fastai.callback.channelslast import ChannelsLast
@@ -29,6 +30,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from geolearn.data.esri import DATASET_TYPES, ClassInfo
+from geolearn.data.georef import detections_frame, resolve_output, write_features
 from geolearn.data.images import read_chip, read_image_info
 from geolearn.data.normalization import Normalization
 from geolearn.data.prepare import resolve_rgb_bands
@@ -40,7 +42,8 @@ from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES, make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
 from geolearn.models.loss import RetinaNetLoss
-from geolearn.models.predictor import predict_tiles
+from geolearn.models.predictor import MergeMethod, network_runner, predict_tiles
+from geolearn.models.raster_detection import detect_raster
 from geolearn.models.retinanet import build_retinanet, param_groups
 from geolearn.viz import plot_detections, plot_ground_truth_and_predictions, plot_losses, plot_lr_find
 
@@ -127,6 +130,12 @@ def facts_from_data(data) -> ModelFacts:
         cell_size=getattr(data, "cell_size", None),
         crs_wkt=getattr(data, "crs_wkt", None),
     )
+
+
+def _is_channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model's convolution weights are channels_last (False when it has none)."""
+    weights = [p for p in model.parameters() if p.ndim == 4]
+    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
 
 
 def _show(figure: Figure) -> None:
@@ -576,7 +585,7 @@ class RetinaNet:
     # ------------------------------------------------------------------ prediction
 
     def _network_input(self, pixels: Tensor) -> Tensor:
-        """Raw ``[C, H, W]`` pixels → the scaled, standardised float32 the network takes."""
+        """Raw ``[C, H, W]`` (or a batch ``[B, C, H, W]``) pixels → the scaled, standardised float32 the network takes."""
         norm = self._facts.normalization
         scaled = norm.scale(pixels)
         mean = torch.tensor(norm.mean, dtype=torch.float32)[:, None, None]
@@ -641,6 +650,98 @@ class RetinaNet:
         if return_scores:
             return boxes, labels, found.scores.tolist()
         return boxes, labels
+
+    def detect_objects(
+        self,
+        raster: str | Path,
+        out_path: str | Path | None = None,
+        *,
+        threshold: float = 0.5,
+        nms_overlap: float = 0.1,
+        padding: int | None = None,
+        batch_size: int = 8,
+        exclude_pad_detections: bool = True,
+        merge: MergeMethod = "nms",
+        class_agnostic: bool = False,
+        bands: Sequence[int] | None = None,
+        progress: bool = True,
+        overwrite: bool = False,
+    ) -> gpd.GeoDataFrame:
+        """Detects objects over a whole raster of any size; georeferenced polygons, like ArcGIS's tool.
+
+        The raster is read window by window (chip-sized windows overlapping by ``2 · padding``
+        pixels) in a background thread, never whole; windows with no valid pixel are skipped
+        without inference; the model's normalisation is applied, and the network runs in batches,
+        channels_last, under ``torch.inference_mode()`` and, where the CPU or GPU has fast
+        bfloat16, autocast. An object cut by a window edge is reported by the window that sees it
+        whole (``exclude_pad_detections``), and all windows' detections are merged once. Boxes
+        reach map coordinates through the raster's affine at their pixel edges, unrounded
+        (:func:`~geolearn.models.raster_detection.detect_raster`,
+        :func:`~geolearn.data.georef.detections_frame`).
+
+        Args:
+            raster: the raster (GeoTIFF, COG, VRT, ... anything rasterio opens), with the bands
+                the model was trained on.
+            out_path: where to write the features: ``.gpkg`` (GeoPackage), ``.geojson``,
+                ``.shp`` or ``.parquet`` (GeoParquet, needs pyarrow); None writes nothing.
+            threshold: lowest confidence reported, 0–1.
+            nms_overlap: IoU above which two detections are one object (intersection over the
+                smaller box for ``merge='greedy'``).
+            padding: pixels of context on each side of a window, arcgis.learn's meaning:
+                adjacent windows overlap by ``2 · padding``; ``chip_size // 8`` when None.
+            batch_size: windows per forward pass.
+            exclude_pad_detections: drop a detection cut by a window edge when the neighbouring
+                window sees the object whole; False leaves such pieces to the merge.
+            merge: ``'nms'`` (keep the best of overlapping boxes) or ``'greedy'`` (join pieces of
+                an object larger than the overlap into one box).
+            class_agnostic: merge across classes (one box per object even when two classes fire).
+            bands: 0-based raster bands to feed the model; None: the model's ``ExtractBands``,
+                else all bands.
+            progress: show a progress bar over the windows.
+            overwrite: replace an existing ``out_path``.
+
+        Returns:
+            ``GeoDataFrame`` in the raster's CRS: ``Class`` (class name), ``Confidence``
+            (score × 100) and polygon ``geometry``, best first.
+
+        Raises:
+            BandMismatchError: the raster's bands (or ``bands``) do not fit the model.
+            OutputExistsError: ``out_path`` exists and ``overwrite`` is False (checked first).
+            ValueError: ``padding`` outside ``[0, chip_size / 2)``, an unknown suffix or ``merge``.
+            ImageReadError: the raster cannot be opened or read.
+        """
+        size = self._facts.chip_size
+        padding = size // 8 if padding is None else padding
+        if isinstance(padding, bool) or not isinstance(padding, int) or not 0 <= 2 * padding < size:
+            raise ValueError(f"padding={padding!r}: pixels of context on each side of a {size} px window, an int in "
+                             f"[0, {(size - 1) // 2}]; the default is chip_size // 8 = {size // 8}.")
+        if out_path is not None:
+            resolve_output(out_path, None, overwrite)  # a bad or taken output name fails before any inference
+        run_batch = network_runner(self.model, self.anchors, size, score_thresh=threshold, nms_overlap=nms_overlap,
+                                   class_agnostic=class_agnostic, autocast_dtype=self._precision_dtype())
+        was_training, was_channels_last = self.model.training, _is_channels_last(self.model)
+        self.model.eval()
+        self.model.to(memory_format=torch.channels_last)  # the windows arrive channels_last
+        try:
+            with torch.inference_mode():
+                found = detect_raster(
+                    run_batch, raster, chip_size=size, to_input=self._network_input,
+                    bands=bands if bands is not None else self._facts.extract_bands, n_bands=self._facts.n_bands,
+                    overlap=2 * padding, batch_size=batch_size, merge=merge, nms_overlap=nms_overlap,
+                    class_agnostic=class_agnostic, edge_tolerance=2.0 if exclude_pad_detections else None,
+                    progress=progress,
+                )
+        finally:
+            if not was_channels_last:
+                self.model.to(memory_format=torch.contiguous_format)
+            self.model.train(was_training)
+        logger.info("%s: %d detections (%d windows run, %d skipped as nodata)",
+                    raster, len(found.scores), found.windows_run, found.windows_skipped)
+        frame = detections_frame(found.raster_boxes, found.labels, found.scores, self._facts.classes,
+                                 found.transform, found.crs)
+        if out_path is not None:
+            write_features(frame, out_path, overwrite=overwrite)
+        return frame
 
     def _rgb_bands(self) -> list[int]:
         if self._data is not None:

@@ -18,8 +18,11 @@ without the in-memory image:
    NMS, or a SAHI-style greedy merge by intersection-over-smaller (:func:`greedy_merge`).
 
 Boxes are clipped to the image (padding never yields a box outside it) and never rounded.
-:func:`detect_windows` chains 1–6 around any ``run_batch``; :func:`predict_tiles` plugs in a
-RetinaNet network. Nothing here imports fastai.
+:func:`window_detections` is steps 3–5 for one batch of windows and :func:`merge_windows` step 6,
+shared by :func:`detect_windows` (an image in memory, crops by slicing) and
+:func:`~geolearn.models.raster_detection.detect_raster` (a raster on disk, windows read
+streaming). :func:`network_runner` makes a RetinaNet network into a ``run_batch``;
+:func:`predict_tiles` plugs it into :func:`detect_windows`. Nothing here imports fastai.
 """
 
 from __future__ import annotations
@@ -46,7 +49,11 @@ __all__ = [
     "clip_to_image",
     "greedy_merge",
     "merge_detections",
+    "WindowDetections",
+    "window_detections",
+    "merge_windows",
     "detect_windows",
+    "network_runner",
     "predict_tiles",
 ]
 
@@ -476,6 +483,117 @@ def _gather(found: Sequence[Detections], window_index: Tensor, device: torch.dev
     return boxes, labels, scores, window_index.repeat_interleave(counts).to(device)
 
 
+class WindowDetections(NamedTuple):
+    """The boxes one batch of windows contributes to the cross-window merge.
+
+    Attributes:
+        image_boxes: ``Tensor[K, 4]`` float32 xyxy in image pixels, clipped to the image.
+        labels: ``Tensor[K]`` int64 class indices 1..C.
+        scores: ``Tensor[K]`` float32.
+        at_seam: ``Tensor[K]`` bool, pieces cut at a seam (:attr:`SeamVerdict.at_seam`).
+    """
+
+    image_boxes: Tensor
+    labels: Tensor
+    scores: Tensor
+    at_seam: Tensor
+
+
+def window_detections(
+    run_batch: RunBatch,
+    crops: Tensor,
+    window_index: Tensor,
+    plan: WindowPlan,
+    *,
+    edge_tolerance: float | None = 2.0,
+    valid: Tensor | None = None,
+) -> WindowDetections:
+    """Runs one batch of window crops and keeps the boxes that go on to the merge.
+
+    ``run_batch`` gives each crop's boxes in chip pixels; they are shifted to image pixels
+    (:func:`to_image_boxes`), boxes cut by a seam whose object a neighbour sees whole are dropped
+    (:func:`seam_filter`, unless ``edge_tolerance`` is None), boxes are clipped to the image and
+    those left without area dropped (:func:`clip_to_image`); given ``valid``, so are boxes whose
+    centre lies on an invalid (nodata) pixel of their window. All tensor operations, no loop
+    over boxes.
+
+    Args:
+        run_batch: crops → one :class:`~geolearn.models.postprocess.Detections` per crop.
+        crops: ``Tensor[B, C, S, S]`` the windows' network inputs (channels_last).
+        window_index: ``Tensor[B]`` int64, the row of ``plan.windows`` of each crop, ascending.
+        plan: the windows and their neighbours (:func:`plan_windows`).
+        edge_tolerance: see :func:`seam_filter`; None keeps boxes cut by seams.
+        valid: ``Tensor[B, S, S]`` bool, the crops' valid pixels; None: all valid.
+
+    Returns:
+        :class:`WindowDetections` of the batch, in image pixels.
+
+    Raises:
+        ValueError: ``run_batch`` returned a different number of results than crops.
+    """
+    found = run_batch(crops)
+    if len(found) != len(window_index):
+        raise ValueError(f"run_batch returned {len(found)} results for {len(window_index)} crops; need one per crop.")
+    device = crops.device
+    chip_boxes, labels, scores, box_window = _gather(found, window_index, device)
+    windows = plan.windows.to(device)
+    image_boxes = to_image_boxes(chip_boxes, box_window, windows)
+    if edge_tolerance is None:
+        keep, at_seam = torch.ones_like(scores, dtype=torch.bool), torch.zeros_like(scores, dtype=torch.bool)
+    else:
+        keep, at_seam = seam_filter(image_boxes, box_window, plan, edge_tolerance)
+    image_boxes, has_area = clip_to_image(image_boxes, plan.image_size)
+    keep &= has_area
+    if valid is not None:
+        keep &= _centre_is_valid(image_boxes, box_window, window_index, windows, valid.to(device))
+    return WindowDetections(image_boxes[keep], labels[keep], scores[keep], at_seam[keep])
+
+
+def _centre_is_valid(
+    image_boxes: Tensor, box_window: Tensor, window_index: Tensor, windows: Tensor, valid: Tensor
+) -> Tensor:
+    """``Tensor[K]`` bool: the pixel under each box's centre is valid in the box's window's mask."""
+    size = valid.shape[-1]
+    position = torch.searchsorted(window_index.to(box_window), box_window)  # the crop of each box (window_index ascends)
+    centre = (image_boxes[:, :2] + image_boxes[:, 2:]) / 2 - windows[box_window, :2]  # chip pixels
+    column, row = centre.floor().long().clamp(0, size - 1).unbind(dim=1)
+    return valid[position, row, column]
+
+
+def merge_windows(
+    parts: Sequence[WindowDetections],
+    *,
+    method: MergeMethod = "nms",
+    overlap: float = 0.1,
+    class_agnostic: bool = False,
+    seams: bool = True,
+    max_detections: int | None = None,
+) -> ImageDetections:
+    """The one cross-window merge of every batch's :func:`window_detections`.
+
+    Args:
+        parts: one :class:`WindowDetections` per batch (none: no detections).
+        method: ``'nms'`` or ``'greedy'`` (see :func:`merge_detections`).
+        overlap: IoU (nms) or intersection-over-smaller (greedy) above which two boxes are one object.
+        class_agnostic: merge across classes.
+        seams: whether the seam filter ran, so that the greedy merge keeps joining the pieces at seams.
+        max_detections: most detections returned; all when None.
+
+    Returns:
+        :class:`ImageDetections` in image pixels, best first.
+    """
+    if not parts:
+        return ImageDetections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0))
+    boxes, labels, scores, at_seam = (torch.cat(column) for column in zip(*parts))
+    merged = merge_detections(
+        boxes, labels, scores, method=method, overlap=overlap, class_agnostic=class_agnostic,
+        at_seam=at_seam if seams else None,
+    )
+    if max_detections is not None:
+        merged = ImageDetections(*(field[:max_detections] for field in merged))
+    return merged
+
+
 def detect_windows(
     run_batch: RunBatch,
     image: Tensor,
@@ -536,36 +654,77 @@ def detect_windows(
     plan = plan_windows(height, width, chip_size, chip_size // 4 if overlap is None else overlap)
     image_hwc = _padded_hwc(image, chip_size)
 
-    parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    parts = []
     for start in range(0, len(plan.windows), batch_size):
         window_index = torch.arange(start, min(start + batch_size, len(plan.windows)))
-        found = run_batch(crop_windows(image_hwc, plan.windows[window_index]))
-        if len(found) != len(window_index):
-            raise ValueError(f"run_batch returned {len(found)} results for {len(window_index)} crops; need one per crop.")
-        chip_boxes, labels, scores, box_window = _gather(found, window_index, image.device)
-        image_boxes = to_image_boxes(chip_boxes, box_window, plan.windows.to(image.device))
-        if edge_tolerance is None:
-            keep, at_seam = torch.ones_like(scores, dtype=torch.bool), torch.zeros_like(scores, dtype=torch.bool)
-        else:
-            keep, at_seam = seam_filter(image_boxes, box_window, plan, edge_tolerance)
-        image_boxes, has_area = clip_to_image(image_boxes, (height, width))
-        keep &= has_area
-        parts.append((image_boxes[keep], labels[keep], scores[keep], at_seam[keep]))
-
-    boxes, labels, scores, at_seam = (torch.cat(column) for column in zip(*parts))
-    merged = merge_detections(
-        boxes, labels, scores, method=merge, overlap=nms_overlap, class_agnostic=class_agnostic,
-        at_seam=at_seam if edge_tolerance is not None else None,
-    )
-    if max_detections is not None:
-        merged = ImageDetections(*(field[:max_detections] for field in merged))
-    return merged
+        crops = crop_windows(image_hwc, plan.windows[window_index])
+        parts.append(window_detections(run_batch, crops, window_index, plan, edge_tolerance=edge_tolerance))
+    return merge_windows(parts, method=merge, overlap=nms_overlap, class_agnostic=class_agnostic,
+                         seams=edge_tolerance is not None, max_detections=max_detections)
 
 
 def _device_of(model: nn.Module, default: torch.device) -> torch.device:
     """The device of the model's first parameter, or ``default`` for a parameterless module."""
     parameter = next(model.parameters(), None)
     return default if parameter is None else parameter.device
+
+
+def network_runner(
+    model: nn.Module,
+    anchors: Tensor,
+    chip_size: int,
+    *,
+    score_thresh: float = 0.5,
+    nms_overlap: float = 0.1,
+    class_agnostic: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> RunBatch:
+    """A RetinaNet network as a ``run_batch``: crops → per-crop detections in chip pixels.
+
+    The returned function moves the crops to the model's device, runs the network (under
+    ``torch.autocast`` in ``autocast_dtype`` when given) and decodes its outputs with
+    :func:`~geolearn.models.postprocess.detect`: each crop thresholded at ``score_thresh`` and
+    suppressed within itself at ``nms_overlap``. It does not touch the model's mode or autograd:
+    the caller puts the model in eval mode and runs under ``torch.inference_mode()``
+    (:func:`predict_tiles` does both).
+
+    Args:
+        model: ``images [B, C, S, S]`` → ``[cls_logits [B, A, n_classes], box_deltas [B, A, 4]]``
+            (:class:`~geolearn.models.retinanet.RetinaNetModel`).
+        anchors: ``Tensor[A, 4]`` (cy, cx, h, w) in [-1, 1] for ``chip_size``
+            (:func:`~geolearn.models.anchors.make_anchors`).
+        chip_size: the network's chip side in pixels.
+        score_thresh: lowest score reported.
+        nms_overlap: IoU above which the lower-scored of two boxes in a crop is suppressed.
+        class_agnostic: suppress across classes within a crop.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the network under autocast; None: as is.
+
+    Returns:
+        ``run_batch(crops: Tensor[B, C, S, S]) -> list[Detections]``; it raises ValueError when
+        the network's anchor count does not match ``anchors``.
+    """
+    device = _device_of(model, torch.device("cpu"))
+    anchors = anchors.to(device=device, dtype=torch.float32)
+
+    def run_batch(crops: Tensor) -> list[Detections]:
+        crops = crops.to(device, non_blocking=True)
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            output = model(crops)
+        if output[0].shape[1] != len(anchors):
+            raise ValueError(
+                f"the network gives {output[0].shape[1]} anchors per {chip_size} px chip but anchors has "
+                f"{len(anchors)}: pass make_anchors({chip_size}, scales, ratios) with the model's scales and ratios."
+            )
+        return detect(
+            output, anchors, chip_size, score_thresh=score_thresh, nms_overlap=nms_overlap, class_agnostic=class_agnostic
+        )
+
+    return run_batch
 
 
 def predict_tiles(
@@ -628,27 +787,10 @@ def predict_tiles(
             f"image dtype {image.dtype}: predict_tiles expects the scaled and normalised float image "
             "(divide by the data's maximum and apply the training statistics first)."
         )
-    device = _device_of(model, image.device)
-    anchors = anchors.to(device=device, dtype=torch.float32)
-
-    def run_batch(crops: Tensor) -> list[Detections]:
-        crops = crops.to(device, non_blocking=True)
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            output = model(crops)
-        if output[0].shape[1] != len(anchors):
-            raise ValueError(
-                f"the network gives {output[0].shape[1]} anchors per {chip_size} px chip but anchors has "
-                f"{len(anchors)}: pass make_anchors({chip_size}, scales, ratios) with the model's scales and ratios."
-            )
-        return detect(
-            output, anchors, chip_size, score_thresh=score_thresh, nms_overlap=nms_overlap, class_agnostic=class_agnostic
-        )
-
+    run_batch = network_runner(
+        model, anchors, chip_size, score_thresh=score_thresh, nms_overlap=nms_overlap,
+        class_agnostic=class_agnostic, autocast_dtype=autocast_dtype,
+    )
     was_training = model.training
     model.eval()
     try:

@@ -1,0 +1,162 @@
+"""Detection over a whole raster on disk: streaming windows, nodata skipped, one merge.
+
+:func:`detect_raster` is :func:`~geolearn.models.predictor.detect_windows` for a raster that
+need not fit in memory. The windows are the same (:func:`~geolearn.models.predictor.plan_windows`
+over the raster's height and width), and so are the per-window steps
+(:func:`~geolearn.models.predictor.window_detections`: shift to raster pixels, seam filter,
+clip) and the one cross-window merge (:func:`~geolearn.models.predictor.merge_windows`). What
+differs is where the pixels come from: a :class:`~geolearn.data.raster_windows.WindowReader`
+reads them in a background thread, batch by batch, skipping windows with no valid pixel — they
+never reach the network — and the boxes whose centre lies on a nodata pixel of a partly-nodata
+window are dropped. Boxes stay float32 raster pixels; georeferencing them is the caller's step
+(:func:`~geolearn.data.georef.detections_frame`), with the transform and CRS returned here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+from affine import Affine
+from torch import Tensor
+
+from geolearn.data.raster_windows import WindowReader, read_raster_info, select_bands
+from geolearn.models.predictor import MergeMethod, RunBatch, merge_windows, plan_windows, window_detections
+
+__all__ = ["RasterDetections", "detect_raster"]
+
+logger = logging.getLogger(__name__)
+
+
+class RasterDetections(NamedTuple):
+    """Detections over one raster, best first, with what is needed to georeference them.
+
+    Attributes:
+        raster_boxes: ``Tensor[K, 4]`` float32 xyxy in raster pixels (edges), within
+            ``[0, width] × [0, height]``.
+        labels: ``Tensor[K]`` int64 class indices 1..C.
+        scores: ``Tensor[K]`` float32, descending.
+        transform: the raster's affine, raster pixels → map coordinates.
+        crs: the raster's CRS (a ``rasterio.crs.CRS``), or None.
+        width, height: the raster's size in pixels.
+        windows_run: windows that went through ``run_batch``.
+        windows_skipped: windows skipped for having no valid pixel (never run).
+    """
+
+    raster_boxes: Tensor
+    labels: Tensor
+    scores: Tensor
+    transform: Affine
+    crs: Any
+    width: int
+    height: int
+    windows_run: int
+    windows_skipped: int
+
+
+def detect_raster(
+    run_batch: RunBatch,
+    raster: str | Path,
+    *,
+    chip_size: int,
+    to_input: Callable[[Tensor], Tensor],
+    bands: Sequence[int] | None = None,
+    n_bands: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    merge: MergeMethod = "nms",
+    nms_overlap: float = 0.1,
+    class_agnostic: bool = False,
+    edge_tolerance: float | None = 2.0,
+    max_detections: int | None = None,
+    prefetch: int = 2,
+    progress: bool = False,
+) -> RasterDetections:
+    """Runs a chip detector over a whole raster, window by window, and merges the results once.
+
+    The windows are :func:`~geolearn.models.predictor.plan_windows` ``(height, width,
+    chip_size, overlap)``; a raster smaller than a chip is one window reaching past it (the part
+    outside is invalid, fed as zeros, and yields no box). Raw pixels are read streaming
+    (:class:`~geolearn.data.raster_windows.WindowReader`, nodata pixels zero), turned into
+    network input by ``to_input``, and detected by ``run_batch``; boxes go through the same
+    per-window steps as :func:`~geolearn.models.predictor.detect_windows`, plus dropping boxes
+    centred on nodata; one merge ends it. Peak memory is a few batches of windows and the boxes
+    found, whatever the raster's size.
+
+    Args:
+        run_batch: ``Tensor[B, C, S, S]`` network inputs (channels_last, ``S = chip_size``) →
+            one :class:`~geolearn.models.postprocess.Detections` per crop, boxes in chip pixels
+            (:func:`~geolearn.models.predictor.network_runner`, or a stub).
+        raster: the raster file (GeoTIFF, COG, VRT, anything rasterio opens).
+        chip_size: window side in pixels.
+        to_input: raw pixels ``Tensor[B, C, S, S]`` → the float input ``run_batch`` expects
+            (scaling and normalisation).
+        bands: 0-based bands to read; None: all.
+        n_bands: band count the detector takes, checked before any pixel is read; None: any.
+        overlap: pixels shared by adjacent windows; ``chip_size // 4`` when None.
+        batch_size: windows per ``run_batch`` call.
+        merge: ``'nms'`` or ``'greedy'`` (see :func:`~geolearn.models.predictor.merge_detections`).
+        nms_overlap: IoU (nms) or intersection-over-smaller (greedy) above which two boxes are one object.
+        class_agnostic: merge across classes.
+        edge_tolerance: see :func:`~geolearn.models.predictor.seam_filter`; None keeps boxes cut
+            by seams (arcgis's ``exclude_pad_detections=False``).
+        max_detections: most detections returned; all when None.
+        prefetch: batches read ahead of the detector.
+        progress: show a fastprogress bar over the windows.
+
+    Returns:
+        :class:`RasterDetections`.
+
+    Raises:
+        ImageReadError: the raster cannot be opened or read.
+        BandMismatchError: ``bands`` the raster lacks, or a band count other than ``n_bands``.
+        ValueError: ``batch_size`` < 1, an invalid ``overlap`` or ``merge``, or ``run_batch``
+            returning a different number of results than crops.
+    """
+    if merge not in ("nms", "greedy"):
+        raise ValueError(f"merge={merge!r}: choose 'nms' (suppress duplicates) or 'greedy' (join pieces by IoS).")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: need at least 1 window per batch.")
+    info = read_raster_info(raster)
+    bands = select_bands(info, bands, n_bands)  # before planning: a bad band fails at once
+    plan = plan_windows(info.height, info.width, chip_size, chip_size // 4 if overlap is None else overlap)
+    offsets = plan.windows[:, :2].to(torch.int64)
+    windows = torch.cat([offsets, torch.full_like(offsets[:, :1], chip_size)], dim=1).numpy()
+    reader = WindowReader(info.path, windows, bands=bands, batch_size=batch_size, prefetch=prefetch)
+
+    bar = _progress_bar(len(reader)) if progress else None
+    parts = []
+    for batch in reader:
+        crops = to_input(batch.pixels).contiguous(memory_format=torch.channels_last)
+        parts.append(window_detections(run_batch, crops, batch.window_index, plan,
+                                       edge_tolerance=edge_tolerance, valid=batch.valid))
+        if bar is not None and batch.windows_done < len(reader):
+            bar.update(batch.windows_done)
+    if bar is not None:
+        bar.update(len(reader))  # the windows skipped after the last batch count as done too
+    merged = merge_windows(parts, method=merge, overlap=nms_overlap, class_agnostic=class_agnostic,
+                           seams=edge_tolerance is not None, max_detections=max_detections)
+    logger.info("%s: %d windows run, %d skipped (no valid pixel), %d detections",
+                info.path, reader.windows_read, reader.windows_skipped, len(merged.scores))
+    return RasterDetections(
+        raster_boxes=merged.image_boxes.float(),
+        labels=merged.labels,
+        scores=merged.scores,
+        transform=info.transform,
+        crs=info.crs,
+        width=info.width,
+        height=info.height,
+        windows_run=reader.windows_read,
+        windows_skipped=reader.windows_skipped,
+    )
+
+
+def _progress_bar(total: int):
+    """A fastprogress bar over ``total`` windows, advanced by hand (``bar.update(done)``)."""
+    from fastprogress.fastprogress import progress_bar
+
+    bar = progress_bar(range(total), leave=False)
+    bar.update(0)
+    return bar
