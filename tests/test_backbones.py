@@ -184,3 +184,18 @@ def test_multispectral_encoder_runs_on_four_bands():
     assert encoder[0].weight.shape == (64, 4, 7, 7)
     with torch.no_grad():
         assert encoder.eval()(torch.rand(1, 4, 64, 64)).shape == (1, 512, 2, 2)
+
+
+@pytest.mark.parametrize("backbone, last_norm", [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_random_backbone_starts_every_residual_block_as_the_identity(backbone, last_norm):
+    encoder, _ = build_encoder(backbone, pretrained=False)
+    blocks = [block for layer in encoder[4:] for block in layer]
+    assert len(blocks) == (8 if backbone == "resnet18" else 16)
+    for block in blocks:
+        assert torch.count_nonzero(getattr(block, last_norm).weight) == 0
+        assert torch.all(block.bn1.weight == 1)  # only the block's last scale is zeroed
+    # A block with a zero residual branch and no downsampling passes its input through (after ReLU).
+    block = encoder[4][1].eval()
+    x = torch.rand(1, block.conv1.in_channels, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(block(x), torch.relu(x))

@@ -41,6 +41,21 @@ def test_three_parameter_groups_and_float_lr_is_a_slice(model):
     assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-3)
 
 
+def test_float_lr_is_a_slice_only_for_learned_backbone_weights(tiny_data, monkeypatch, tmp_path):
+    random = RetinaNet(tiny_data, backbone="resnet18", pretrained=False)
+    assert random._group_rates(1e-3) == 1e-3  # nothing to protect: every group at lr
+    assert random._group_rates(slice(1e-5, 1e-3)) == slice(1e-5, 1e-3)
+    import geolearn.models.backbones as backbones
+
+    monkeypatch.setattr(backbones, "pretrained_state_dict", lambda spec: spec.builder(weights=None).state_dict())
+    imagenet = RetinaNet(tiny_data, backbone="resnet18")
+    assert imagenet._group_rates(1e-3) == slice(1e-4, 1e-3)  # arcgis.learn's discriminative rates
+    weights = tmp_path / "trained.pth"
+    torch.save(random.model.state_dict(), weights)
+    loaded = RetinaNet(tiny_data, backbone="resnet18", pretrained=False, pretrained_path=weights)
+    assert loaded._group_rates(1e-3) == slice(1e-4, 1e-3)
+
+
 def test_random_backbone_is_not_frozen_but_a_pretrained_one_is(tiny_data, monkeypatch):
     model = RetinaNet(tiny_data, backbone="resnet18", pretrained=False)
     assert all(p.requires_grad for p in model.model.encoder.parameters())
