@@ -1,8 +1,9 @@
 """The ``geolearn`` command: a thin shell over the public API.
 
-``geolearn demo`` runs the workflow on the bundled sample scene (today: export
-chips → ``prepare_data`` → ``show_batch`` PNG; later issues add training,
-evaluation, saving and detection to the same command).
+``geolearn demo`` runs the whole workflow on the bundled sample scene;
+``geolearn export``, ``geolearn train`` and ``geolearn detect`` run its steps on your
+data (``export_training_data``, ``prepare_data`` → ``RetinaNet`` → ``fit`` → ``save``,
+``detect_objects``). Exit codes: 0 done, 2 bad input (the message says what to fix).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ DENSE_NMS_OVERLAP = 0.5
 # AP ranks detections by score; a high threshold would cut the precision-recall curve short
 # (PASCAL VOC and COCO score every detection the model makes; 0.05 is torchvision's floor).
 AP_DETECT_THRESH = 0.05
+# The lowest confidence of an object the demo reports over the whole scene.
+SCENE_THRESHOLD = 0.4
 CHIP_PX = 256
 HELD_BACK_PX = 512
 # Objects cut by a chip edge are labelled in that chip when at least a quarter of them is inside,
@@ -80,12 +83,13 @@ def _demo(args: argparse.Namespace) -> int:
     import rasterio
 
     from geolearn import RetinaNet, export_training_data, prepare_data
+    from geolearn.viz import plot_scene_detections
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     raster, labels = _find_sample_scene(Path(args.sample_data) if args.sample_data else None, out)
     mask, held_back = _held_back(raster)
-    print(f"1/6 exporting training chips from {raster} with labels {labels.name} "
+    print(f"1/7 exporting training chips from {raster} with labels {labels.name} "
           f"(a {HELD_BACK_PX} px corner is held back) ...")
     chips = export_training_data(
         str(raster),
@@ -99,28 +103,28 @@ def _demo(args: argparse.Namespace) -> int:
         min_polygon_overlap_ratio=MIN_OVERLAP,
         overwrite=True,  # the demo's own output folder
     )
-    print(f"2/6 prepare_data({chips}) ...")
+    print(f"2/7 prepare_data({chips}) ...")
     data = prepare_data(chips, chip_size=CHIP_PX, batch_size=8)
     print(f"    classes {data.classes}, {len(data.train_ds)} training and {len(data.valid_ds)} validation chips")
     _save(data.show_batch(rows=3), out / "show_batch.png")
     if args.epochs == 0:
         return 0
 
-    print("3/6 RetinaNet(data, backbone='resnet18', scales='auto') and lr_find() ...")
+    print("3/7 RetinaNet(data, backbone='resnet18', scales='auto') and lr_find() ...")
     model = RetinaNet(data, backbone="resnet18", scales="auto")
     lr = model.lr_find(allow_plot=False, num_it=args.lr_find_batches)
     _save(model.lr_find_figure, out / "lr_find.png")
     print(f"    anchors: scales {[round(s, 3) for s in model.scales]}, ratios {model.ratios}; lr_find chose {lr:.2e}")
-    print(f"4/6 fit({args.epochs}) ...")
+    print(f"4/7 fit({args.epochs}) ...")
     model.fit(args.epochs, lr=lr)
     _save(model.plot_losses(), out / "losses.png")
-    print("5/6 average precision on the validation chips")
+    print("5/7 average precision on the validation chips")
     for iou in (0.1, 0.5):
         scores = model.average_precision_score(detect_thresh=AP_DETECT_THRESH, iou_thresh=iou,
                                                nms_overlap=DENSE_NMS_OVERLAP, show_progress=False)
         print(f"    AP@{iou}: " + ", ".join(f"{name} {value:.3f}" for name, value in scores.items()))
     folder = model.save(out / "model" / "sample_model")
-    print(f"6/6 saved {folder}; RetinaNet.from_model(...).predict() on the held-back {HELD_BACK_PX} px window")
+    print(f"6/7 saved {folder}; RetinaNet.from_model(...).predict() on the held-back {HELD_BACK_PX} px window")
     loaded = RetinaNet.from_model(folder / "sample_model.dlpk")
     with rasterio.open(raster) as src:
         pixels = src.read(window=held_back).transpose(1, 2, 0)
@@ -128,12 +132,302 @@ def _demo(args: argparse.Namespace) -> int:
     found = ", ".join(f"{names.count(c)} {c}" for c in loaded._facts.classes[1:])
     print(f"    found {found}")
     _save(loaded.predict_figure, out / "predict_held_back.png")
+    print(f"7/7 model.detect_objects() over the whole scene ({raster.name}) ...")
+    detections = loaded.detect_objects(raster, out / "detections.gpkg", threshold=SCENE_THRESHOLD,
+                                       nms_overlap=DENSE_NMS_OVERLAP, batch_size=8,
+                                       overwrite=True)  # the demo's own output folder
+    counts = detections["Class"].value_counts()
+    print("    found " + ", ".join(f"{counts.get(c, 0)} {c}" for c in loaded._facts.classes[1:])
+          + f" in {detections.crs}; wrote {out / 'detections.gpkg'}")
+    _save(plot_scene_detections(raster, detections), out / "detections.png")
     return 0
 
 
 def _save(figure, path: Path) -> None:
     figure.savefig(path, dpi=100)
     print(f"    wrote {path}")
+
+
+# ----------------------------------------------------------------------------- export / train / detect
+
+
+def _fail(command: str, message: str) -> int:
+    """Bad input found by the command itself: the message on stderr, exit code 2 (like argparse)."""
+    print(f"geolearn {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _require_paths(**paths: str | None) -> None:
+    """Missing input files are bad input (exit 2), named with the option that gave them."""
+    from geolearn.errors import InputNotFoundError
+
+    for what, path in paths.items():
+        if path is not None and not Path(path).exists():
+            raise InputNotFoundError(f"{what} {path}: no such file or folder.")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from geolearn import export_training_data
+    from geolearn.data.esri import read_map_txt
+
+    _require_paths(RASTER=args.raster, LABELS=args.labels, **{"--mask": args.mask})
+    stride = args.stride if args.stride is not None else args.chip_size // 2
+    print(f"exporting {args.chip_size} x {args.chip_size} px chips every {stride} px from {args.raster} "
+          f"with labels {args.labels} ...")
+    try:
+        out = export_training_data(
+            args.raster,
+            args.labels,
+            chip_format=args.format,
+            tile_size={"x": args.chip_size, "y": args.chip_size},
+            stride_size={"x": stride, "y": stride},
+            metadata_format=args.metadata,
+            classvalue_field=args.classvalue_field,
+            buffer_radius=args.buffer_radius,
+            output_location=args.out,
+            input_mask_polygons=args.mask,
+            min_polygon_overlap_ratio=args.min_overlap,
+            output_nofeature_tiles=args.background,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except (ValueError, NotImplementedError) as err:  # an option value the export cannot use
+        return _fail("export", str(err))
+    print(f"wrote {len(read_map_txt(out))} chips and their labels to {out} (train on it: geolearn train {out} --out MODEL)")
+    return 0
+
+
+def _check_model_folder(folder: Path, overwrite: bool) -> None:
+    """Refuses, before hours of training, a model folder that save() would refuse afterwards."""
+    from geolearn.errors import OutputExistsError
+
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"--out {folder} is a file; give a folder for the model package.")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not (folder / f"{folder.name}.emd").exists():
+            raise OutputExistsError(f"--out {folder} holds files that are not a geolearn model; give a new or empty "
+                                    "folder.")
+        if not overwrite:
+            raise OutputExistsError(f"--out {folder} already holds a saved model; pass --overwrite to replace it.")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from geolearn import RetinaNet, prepare_data
+
+    _require_paths(CHIPS=args.chips)
+    folder = Path(args.out).resolve()
+    _check_model_folder(folder, args.overwrite)
+    print(f"1/5 prepare_data({args.chips}, chip_size={args.chip_size}, batch_size={args.batch_size}) ...")
+    data = prepare_data(args.chips, chip_size=args.chip_size, batch_size=args.batch_size,
+                        val_split_pct=args.val_split)
+    print(f"    classes {data.classes[1:]}, {len(data.train_ds)} training and {len(data.valid_ds)} validation chips")
+    auto = args.scales == "auto"
+    print(f"2/5 RetinaNet(backbone={args.backbone!r}, scales={'auto' if auto else 'default'}) ...")
+    model = RetinaNet(data, backbone=args.backbone, scales="auto" if auto else None, pretrained=args.pretrained)
+    lr = args.lr
+    if lr is None:
+        lr = model.lr_find(allow_plot=False)
+        print(f"    lr_find chose a learning rate of {lr:.2e}")
+    print(f"3/5 fit({args.epochs}, lr={lr:.2e}) ...")
+    model.fit(args.epochs, lr=lr)
+    print("4/5 average precision on the validation chips")
+    scores = model.average_precision_score(show_progress=not args.quiet)
+    print("    " + ", ".join(f"{name} {value:.3f}" for name, value in scores.items()))
+    saved = model.save(folder)  # the EMD records the average precision too, as arcgis.learn's does
+    print(f"5/5 saved the model to {saved / (saved.name + '.dlpk')} (and its .emd, .pth, model_metrics.html)")
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from geolearn import detect_objects
+
+    arguments = {"threshold": args.threshold, "nms_overlap": args.nms_overlap, "batch_size": args.batch_size,
+                 "merge": args.merge}
+    if args.padding is not None:
+        arguments["padding"] = args.padding
+    client = None
+    if args.scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            return _fail("detect", "--scheduler needs Dask's distributed package: pip install 'geolearn[dask]'.")
+        try:
+            client = Client(args.scheduler, timeout=args.scheduler_timeout)
+        except (OSError, TimeoutError) as err:
+            return _fail("detect", f"cannot reach the Dask scheduler at {args.scheduler} ({err}); start one "
+                                   "(dask scheduler) or check the address.")
+        print(f"detecting on the Dask cluster at {args.scheduler} ({len(client.scheduler_info()['workers'])} workers)")
+    try:
+        found = detect_objects(args.rasters if len(args.rasters) > 1 else args.rasters[0], args.model, arguments,
+                               output_name=args.out, run_nms=not args.no_nms,
+                               max_overlap_ratio=args.max_overlap_ratio, client=client, overwrite=args.overwrite,
+                               progress=not args.quiet)
+    except ValueError as err:
+        if isinstance(err, GeolearnError):
+            raise
+        return _fail("detect", str(err))  # an option value the model cannot use (--padding too large, ...)
+    finally:
+        if client is not None:
+            client.close()
+    counts = found["Class"].value_counts().sort_index() if len(found) else {}
+    summary = ", ".join(f"{n} {name}" for name, n in counts.items()) or "no objects"
+    out = Path(args.out)
+    out = out if out.suffix else out.with_suffix(".gpkg")
+    print(f"found {summary}; wrote {len(found)} features (fields Class, Confidence) in {found.crs} to {out}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="cut training chips and label files out of a raster and labelled polygons",
+        description="Cuts a raster into square image chips and writes, for each chip, a label file with the boxes "
+        "of the labelled objects inside it: what 'geolearn train' (and ArcGIS's Train Deep Learning Model) reads. "
+        "Same as ArcGIS Pro's 'Export Training Data For Deep Learning' with the PASCAL VOC or KITTI rectangles "
+        "metadata format. Labels in another CRS than the raster are reprojected.",
+        epilog="Writes OUT/images/*.tif (chips), OUT/labels/*.xml (one per chip), OUT/map.txt, "
+        "OUT/esri_model_definition.emd, OUT/esri_accumulated_stats.json and OUT/stats.txt.",
+    )
+    export.add_argument("raster", help="the image: GeoTIFF, VRT or any raster GDAL reads")
+    export.add_argument("labels", help="the training samples: a vector file (GeoPackage, Shapefile, GeoJSON) of "
+                        "polygons (or points/lines with --buffer-radius) with an integer class field")
+    export.add_argument("out", help="output folder for the chips and labels")
+    export.add_argument("--chip-size", type=_positive_int, default=256, metavar="PX",
+                        help="chip width and height, in pixels (default 256)")
+    export.add_argument("--stride", type=_positive_int, default=None, metavar="PX",
+                        help="step between chips, in pixels (default: half the chip size, so chips overlap by half)")
+    export.add_argument("--format", default="TIFF", choices=["TIFF", "PNG", "JPEG"],
+                        help="chip image format (default TIFF: keeps every band, the data type and the georeferencing; "
+                        "PNG and JPEG take 8-bit images of 1 or 3 bands)")
+    export.add_argument("--metadata", default="PASCAL_VOC_rectangles",
+                        choices=["PASCAL_VOC_rectangles", "KITTI_rectangles"],
+                        help="label file format (default PASCAL_VOC_rectangles)")
+    export.add_argument("--classvalue-field", default=None, metavar="FIELD",
+                        help="integer class field of the labels (default: the field named Classvalue)")
+    export.add_argument("--buffer-radius", type=_positive_float, default=None, metavar="DISTANCE",
+                        help="for point or line labels: half the side of the box drawn around each, in the "
+                        "raster CRS's map units (e.g. metres)")
+    export.add_argument("--mask", default=None, metavar="POLYGONS", help="polygons (vector file): only chips touching them are written")
+    export.add_argument("--min-overlap", type=_unit_float, default=0.0, metavar="RATIO",
+                        help="share (0-1) of an object's area a chip must hold for the object to be labelled in "
+                        "it (default 0: any part)")
+    export.add_argument("--background", action="store_true",
+                        help="also write chips without any object (with empty label files)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    export.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    export.set_defaults(run=_export)
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train a RetinaNet object detector on exported chips and save it as a model package",
+        description="Reads the chips of 'geolearn export' (or of ArcGIS Pro's export), trains a RetinaNet, "
+        "prints the loss per epoch and the average precision per class on the held-out validation chips, and "
+        "saves the model package ArcGIS Pro and 'geolearn detect' use.",
+        epilog="Writes FOLDER/<name>.dlpk (the package to share or give to 'geolearn detect' and ArcGIS Pro's "
+        "Detect Objects Using Deep Learning), FOLDER/<name>.emd, FOLDER/<name>.pth and FOLDER/model_metrics.html, "
+        "where <name> is the folder's name.",
+    )
+    train.add_argument("chips", help="folder written by 'geolearn export' (images/, labels/, esri_model_definition.emd)")
+    train.add_argument("--out", required=True, metavar="FOLDER", help="folder to save the model package in")
+    train.add_argument("--backbone", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101",
+                                                                  "resnet152"],
+                       help="the network's feature extractor: resnet18 trains fastest, resnet50 (the default) is "
+                       "arcgis.learn's")
+    train.add_argument("--chip-size", type=_positive_int, default=224, metavar="PX",
+                       help="side, in pixels, of the square the network sees; chips are cropped or padded to it "
+                       "(default 224)")
+    train.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                       help="chips per training step; lower it when memory runs out (default 16)")
+    train.add_argument("--epochs", type=_positive_int, default=10, metavar="N",
+                       help="passes over the training chips (default 10)")
+    train.add_argument("--lr", type=_positive_float, default=None, metavar="RATE",
+                       help="learning rate (default: chosen by a learning-rate range test, lr_find)")
+    train.add_argument("--scales", choices=["auto", "default"], default="auto",
+                       help="anchor box sizes and shapes: 'auto' fits them to the labelled boxes, 'default' uses "
+                       "the RetinaNet paper's (default auto)")
+    train.add_argument("--val-split", type=_unit_float, default=0.1, metavar="RATIO",
+                       help="share (0-1) of the chips held out to measure the average precision (default 0.1)")
+    train.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                       help="start from ImageNet weights (downloaded once; without a connection training starts "
+                       "from random weights; default --pretrained)")
+    train.add_argument("--overwrite", action="store_true", help="replace a model saved earlier in --out")
+    train.add_argument("-q", "--quiet", action="store_true", help="fewer progress bars")
+    train.set_defaults(run=_train)
+
+
+def _add_detect(commands) -> None:
+    detect = commands.add_parser(
+        "detect",
+        help="find objects in whole rasters with a trained model; write them as a GIS layer",
+        description="Runs a trained model (.dlpk, .emd or model folder) over one or more rasters of any size, "
+        "window by window, and writes one layer of boxes (polygons) in the CRS of the first raster, with the fields "
+        "Class (class name) and Confidence (0-100), like ArcGIS Pro's Detect Objects Using Deep Learning. Several "
+        "rasters (files, folders or quoted glob patterns such as 'tiles/*.tif') are merged into one layer: "
+        "rasters in other CRSs are reprojected, and objects cut by the edge between two adjacent tiles are joined.",
+        epilog="The output format follows the suffix of --out: .gpkg GeoPackage (also for a name without suffix), "
+        ".geojson, .shp or .parquet (GeoParquet).",
+    )
+    detect.add_argument("rasters", nargs="+", metavar="RASTER",
+                        help="raster file (GeoTIFF, VRT mosaic, ...), folder of rasters, or glob pattern")
+    detect.add_argument("--model", required=True, metavar="MODEL", help="the trained model: .dlpk, .emd or its folder")
+    detect.add_argument("--out", required=True, metavar="LAYER", help="output layer file, e.g. detections.gpkg")
+    detect.add_argument("--threshold", type=_unit_float, default=0.5, metavar="SCORE",
+                        help="lowest confidence (0-1) of a reported object (default 0.5)")
+    detect.add_argument("--nms-overlap", type=_unit_float, default=0.1, metavar="IOU",
+                        help="overlap (intersection over union, 0-1) above which two detections of a class in "
+                        "neighbouring windows are one object (default 0.1)")
+    detect.add_argument("--padding", type=_non_negative_int, default=None, metavar="PX",
+                        help="pixels of context around each window; adjacent windows overlap by twice this "
+                        "(default: an eighth of the model's chip size)")
+    detect.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
+                        help="windows per forward pass (default 8)")
+    detect.add_argument("--merge", choices=["nms", "greedy"], default="nms",
+                        help="how duplicates across windows are merged: 'nms' keeps the most confident box, "
+                        "'greedy' joins pieces of objects larger than the window overlap (default nms)")
+    detect.add_argument("--max-overlap-ratio", type=_unit_float, default=0.0, metavar="IOU",
+                        help="final suppression over the whole layer: of two objects of a class overlapping more "
+                        "than this (intersection over union, 0-1), the less confident is dropped. ArcGIS's default "
+                        "0 allows no overlap; raise it (e.g. 0.5) for objects that overlap, like tree crowns")
+    detect.add_argument("--no-nms", action="store_true", help="skip that final suppression")
+    detect.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="address of a Dask scheduler (e.g. tcp://10.0.0.5:8786) to detect the rasters on its "
+                        "workers; the rasters and the model must be readable by the workers under the same paths")
+    detect.add_argument("--scheduler-timeout", type=_positive_float, default=30.0, metavar="SECONDS",
+                        help="how long to wait for the Dask scheduler (default 30)")
+    detect.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    detect.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    detect.set_defaults(run=_detect)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the workflow on the bundled sample scene",
         description="Exports training chips from the sample scene (a synthetic 0.3 m aerial image with "
         "pools and trees), prepares them for training (show_batch.png), trains a RetinaNet "
-        "(lr_find.png, losses.png) and prints its average precision per class.",
+        "(lr_find.png, losses.png), prints its average precision per class, saves it (model/), predicts on "
+        "a held-back corner (predict_held_back.png) and detects objects over the whole scene "
+        "(detections.gpkg, detections.png).",
     )
     demo.add_argument("--out", default="geolearn_demo", help="output folder (default: ./geolearn_demo)")
     demo.add_argument(
@@ -160,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"training epochs (default {DEMO_EPOCHS}; 0 stops after show_batch)")
     demo.add_argument("--lr-find-batches", type=int, default=50, help="batches the learning-rate finder tries")
     demo.set_defaults(run=_demo)
+    _add_export(commands)
+    _add_train(commands)
+    _add_detect(commands)
     return parser
 
 

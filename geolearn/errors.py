@@ -19,6 +19,8 @@ __all__ = [
     "NoOverlapError",
     "OutputExistsError",
     "ModelDefinitionError",
+    "InputNotFoundError",
+    "InvalidArgumentError",
 ]
 
 
@@ -65,3 +67,12 @@ class OutputExistsError(GeolearnError, FileExistsError):
 class ModelDefinitionError(GeolearnError, ValueError):
     """A saved model (``.emd``, ``.pth`` or ``.dlpk``) that cannot be loaded as it is: a missing or
     mistyped EMD key, weights in an unexpected form, or an archive entry outside its folder."""
+
+
+class InputNotFoundError(GeolearnError, FileNotFoundError):
+    """An input raster or model package that does not exist, or a glob pattern that matches no file."""
+
+
+class InvalidArgumentError(GeolearnError, ValueError):
+    """An argument geolearn cannot use: an unknown ``model_arguments`` key, a value of the wrong
+    type, output field names that clash."""

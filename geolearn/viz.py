@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-__all__ = ["plot_chips", "draw_boxes", "plot_lr_find", "plot_losses", "plot_detections", "plot_ground_truth_and_predictions"]
+__all__ = ["plot_chips", "draw_boxes", "plot_lr_find", "plot_losses", "plot_detections", "plot_ground_truth_and_predictions",
+           "plot_scene_detections"]
 
 
 def draw_boxes(
@@ -140,8 +141,10 @@ def plot_detections(
     Args:
         image: ``Tensor[3, H, W]`` in [0, 1].
         image_boxes: ``Tensor[N, 4]`` xyxy in the image's pixels.
-        labels: class index per box; scores: score per box.
-        classes, colors: as in :func:`draw_boxes`.
+        labels: class index per box.
+        scores: score per box.
+        classes: class names by index, as in :func:`draw_boxes`.
+        colors: RGB in [0, 1] by class index, as in :func:`draw_boxes`.
     """
     height, width = image.shape[1:]
     figure = Figure(figsize=(8, 8 * height / max(width, 1)))
@@ -166,7 +169,8 @@ def plot_ground_truth_and_predictions(
         images: ``Tensor[3, S, S]`` in [0, 1] per chip.
         targets: per chip ``(chip_boxes xyxy pixels, labels)``.
         predictions: per chip ``(chip_boxes, labels, scores)``.
-        classes, colors: as in :func:`draw_boxes`.
+        classes: class names by index, as in :func:`draw_boxes`.
+        colors: RGB in [0, 1] by class index, as in :func:`draw_boxes`.
     """
     rows = max(len(images), 1)
     figure = Figure(figsize=(8, 4 * rows))
@@ -182,5 +186,97 @@ def plot_ground_truth_and_predictions(
             ax.axis("off")
         draw_boxes(left, truth_boxes, truth_labels, classes, colors)
         draw_boxes(right, boxes, labels, classes, colors, scores=scores)
+    figure.tight_layout()
+    return figure
+
+
+def _display_stretch(pixels: np.ndarray) -> np.ndarray:
+    """``[C, H, W]`` masked pixels → ``[H, W, C]`` floats in [0, 1]: 8-bit as is, else a 2–98 % stretch per band."""
+    data = np.ma.masked_invalid(np.ma.asarray(pixels, dtype=np.float64))
+    if np.asarray(pixels).dtype == np.uint8:
+        shown = data / 255.0
+    else:
+        bands = []
+        for band in data:
+            valid = band.compressed()
+            low, high = (np.percentile(valid, [2, 98]) if valid.size else (0.0, 1.0))
+            bands.append((band - low) / max(high - low, 1e-12))
+        shown = np.ma.stack(bands)
+    image = np.clip(shown.filled(0.0), 0, 1).transpose(1, 2, 0)
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
+def plot_scene_detections(
+    raster,
+    detections,
+    *,
+    class_field: str = "Class",
+    bands: Sequence[int] | None = None,
+    colors: dict[str, tuple[float, float, float]] | None = None,
+    max_size: int = 1600,
+    linewidth: float = 0.8,
+    title: str | None = None,
+) -> Figure:
+    """An overview of a whole raster with detected objects outlined, coloured by class.
+
+    The raster is read downsampled (rasterio's ``out_shape``, averaging), so memory follows
+    ``max_size``, not the scene. Detections in another CRS are reprojected to the raster's.
+
+    Args:
+        raster: path of the raster (anything rasterio opens).
+        detections: GeoDataFrame of polygons with a class column (``detect_objects`` output).
+        class_field: the class column.
+        bands: 0-based bands shown as red, green, blue (one band: grey); default the first
+            three (or the first one).
+        colors: RGB in [0, 1] per class name; default matplotlib's tab10 in sorted name order.
+        max_size: longest side of the overview in pixels.
+        linewidth: outline width in points.
+        title: figure title; default the raster's name and the number of detections.
+
+    Returns:
+        The Figure (map coordinates on the axes, a legend with counts per class).
+    """
+    from pathlib import Path
+
+    import rasterio
+    from matplotlib import colormaps
+    from matplotlib.collections import PolyCollection
+    from matplotlib.lines import Line2D
+    from rasterio.enums import Resampling
+
+    with rasterio.open(raster) as src:
+        scale = min(1.0, max_size / max(src.width, src.height))
+        shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
+        chosen = list(bands) if bands is not None else list(range(min(3, src.count))) if src.count >= 3 else [0]
+        pixels = src.read([b + 1 for b in chosen], out_shape=(len(chosen), *shape), masked=True,
+                          resampling=Resampling.average)
+        left, bottom, right, top = src.bounds
+        crs = src.crs
+    frame = detections
+    if crs is not None and frame.crs is not None and frame.crs != crs:
+        frame = frame.to_crs(crs)
+
+    height, width = shape
+    figure = Figure(figsize=(10, max(10 * height / width, 2) + 0.6))
+    ax = figure.subplots()
+    ax.imshow(_display_stretch(pixels), extent=(left, right, bottom, top), interpolation="nearest")
+    names = sorted(str(c) for c in frame[class_field].unique()) if len(frame) else []
+    palette = colormaps["tab10"]
+    handles = []
+    for i, name in enumerate(names):
+        color = (colors or {}).get(name, palette(i % 10)[:3])
+        rings = [np.asarray(part.exterior.coords)[:, :2]
+                 for geom in frame.geometry[frame[class_field].astype(str) == name] if geom is not None
+                 for part in getattr(geom, "geoms", [geom]) if hasattr(part, "exterior")]
+        ax.add_collection(PolyCollection(rings, facecolors="none", edgecolors=[color], linewidths=linewidth))
+        handles.append(Line2D([], [], color=color, linewidth=2, label=f"{name} ({len(rings)})"))
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.8)
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ax.set_aspect("equal")
+    ax.ticklabel_format(useOffset=False, style="plain")
+    ax.tick_params(labelsize=7)
+    ax.set_title(title if title is not None else f"{Path(str(raster)).name}: {len(frame)} detections", fontsize=10)
     figure.tight_layout()
     return figure

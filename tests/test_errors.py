@@ -15,6 +15,8 @@ from geolearn.errors import (
     GeolearnError,
     GeolearnWarning,
     ImageReadError,
+    InputNotFoundError,
+    InvalidArgumentError,
     LabelFormatError,
     ModelDefinitionError,
     NoChipsError,
@@ -32,6 +34,8 @@ BUILTIN_OF = {
     NoOverlapError: ValueError,
     OutputExistsError: FileExistsError,
     ModelDefinitionError: ValueError,
+    InputNotFoundError: FileNotFoundError,
+    InvalidArgumentError: ValueError,
 }
 
 

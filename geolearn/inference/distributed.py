@@ -1,0 +1,158 @@
+"""Detection on a Dask cluster: one task per input raster, the model loaded once per worker.
+
+:func:`geolearn.inference.detect.detect_objects` imports this module only when it is given
+``client=``; nothing else in geolearn imports Dask (install it with ``pip install geolearn[dask]``).
+
+How the model reaches the workers:
+
+* a **saved model path** (``.dlpk``, ``.emd`` or folder) is loaded by each worker process
+  the first time one of its tasks needs it, and kept in a small per-process cache keyed by
+  the absolute path and the file's modification time;
+* a **RetinaNet object** is saved once, to a temporary package folder, and then travels as
+  that path (deleted when the run ends);
+* any **other object with a ``detect_objects`` method** is scattered to every worker once.
+
+Paths travel, not bytes: the rasters and the model package must be readable by the workers
+under the same paths. That holds for a ``LocalCluster`` and for clusters sharing a file
+system; elsewhere, put the package and the rasters on storage every worker mounts.
+
+The unit of work is a whole raster. A single huge raster is not split into window blocks
+across workers: tile it (or list the tiles of a VRT mosaic) to spread it over the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+
+from geolearn.errors import InputNotFoundError
+
+__all__ = ["MAX_CACHED_MODELS", "detect_on_cluster", "load_cached_model", "loaded_packages"]
+
+logger = logging.getLogger(__name__)
+
+# Models a worker process keeps loaded. A long-lived cluster serves run after run; a resnet50
+# RetinaNet holds ~150 MB, so only the most recently used few stay.
+MAX_CACHED_MODELS = 2
+
+_CACHE: OrderedDict[tuple[str, int], Any] = OrderedDict()
+_LOADS: Counter = Counter()
+_LOCK = threading.Lock()  # a worker with several threads loads a package once, not once per thread
+
+
+def _package_stamp(package: Path) -> int:
+    """Modification time of the package (its .emd for a folder): a re-saved package is reloaded."""
+    if package.is_dir():
+        emds = sorted(package.glob("*.emd"))
+        return max((p.stat().st_mtime_ns for p in emds), default=package.stat().st_mtime_ns)
+    return package.stat().st_mtime_ns
+
+
+def load_cached_model(package: str | os.PathLike) -> Any:
+    """The model of a saved package, loaded once per process (an LRU of :data:`MAX_CACHED_MODELS`).
+
+    Args:
+        package: a ``.dlpk``, ``.emd`` or model folder, readable by this process.
+
+    Returns:
+        The ``RetinaNet``.
+
+    Raises:
+        InputNotFoundError: the package is not there (on this worker).
+    """
+    from geolearn.learn.retinanet import RetinaNet
+
+    path = Path(package).resolve()
+    if not path.exists():
+        raise InputNotFoundError(f"model {path} is not readable on this Dask worker; put the model package on "
+                                 "storage every worker mounts, under the same path.")
+    key = (str(path), _package_stamp(path))
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        model = RetinaNet.from_model(path)
+        _LOADS[str(path)] += 1
+        _CACHE[key] = model
+        while len(_CACHE) > MAX_CACHED_MODELS:
+            _CACHE.popitem(last=False)
+        logger.info("worker %d loaded model %s", os.getpid(), path)
+        return model
+
+
+def loaded_packages() -> dict[str, int]:
+    """How many times this process loaded each package (for ``client.run``: one per worker expected)."""
+    return dict(_LOADS)
+
+
+def _detect_task(raster: str, package: str | None, detector: Any, arguments: Mapping[str, Any]) -> gpd.GeoDataFrame:
+    """Runs on a worker: one raster's detections."""
+    model = load_cached_model(package) if package is not None else detector
+    return model.detect_objects(Path(raster), **arguments, progress=False)
+
+
+def _is_retinanet(model: Any) -> bool:
+    # Only a loaded module can have made the object; no need to import fastai to find out.
+    module = sys.modules.get("geolearn.learn.retinanet")
+    return module is not None and isinstance(model, module.RetinaNet)
+
+
+def detect_on_cluster(
+    client: Any,
+    rasters: Sequence[Path],
+    model: Any,
+    arguments: Mapping[str, Any],
+    *,
+    progress: bool = True,
+) -> list[gpd.GeoDataFrame]:
+    """Detects each raster on a Dask cluster; the frames come back in the rasters' order.
+
+    Args:
+        client: a ``dask.distributed.Client``.
+        rasters: raster paths the workers can read.
+        model: a saved model's path, a ``RetinaNet`` (saved once to a temporary package), or
+            another object with ``detect_objects`` (scattered once to every worker).
+        arguments: keyword arguments of ``detect_objects`` (checked model arguments).
+        progress: a progress bar over finished rasters.
+
+    Returns:
+        One GeoDataFrame per raster, as ``model.detect_objects(raster, **arguments)`` returns it.
+    """
+    from distributed import as_completed
+
+    temporary = None
+    package: str | None = None
+    detector: Any = None
+    try:
+        if isinstance(model, (str, os.PathLike)):
+            if not Path(model).exists():
+                raise InputNotFoundError(f"model {model}: no such file or folder; give the model's .dlpk, .emd or "
+                                         "its folder (what RetinaNet.save wrote).")
+            package = str(Path(model).resolve())
+        elif _is_retinanet(model):
+            temporary = Path(tempfile.mkdtemp(prefix="geolearn-model-"))
+            package = str(model.save(temporary / "model", compute_metrics=False))
+            logger.info("saved the model once to %s for the workers", package)
+        else:
+            [detector] = client.scatter([model], broadcast=True)
+        futures = client.map(_detect_task, [str(r) for r in rasters], package=package, detector=detector,
+                             arguments=dict(arguments), pure=False)
+        if progress:
+            from fastprogress.fastprogress import progress_bar
+
+            for _ in progress_bar(as_completed(futures), total=len(futures)):
+                pass
+        return client.gather(futures)
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
