@@ -20,7 +20,7 @@ from geolearn.errors import GeolearnError
 __all__ = ["main"]
 
 SAMPLE_NAME = "sample_scene"
-DEMO_EPOCHS = 20
+DEMO_EPOCHS = 10
 # Crowns in a stand touch: their boxes overlap by more than arcgis.learn's NMS default (0.1).
 DENSE_NMS_OVERLAP = 0.5
 # AP ranks detections by score; a high threshold would cut the precision-recall curve short
@@ -241,10 +241,11 @@ def _train(args: argparse.Namespace) -> int:
 def _detect(args: argparse.Namespace) -> int:
     from geolearn import detect_objects
 
-    arguments = {"threshold": args.threshold, "nms_overlap": args.nms_overlap, "batch_size": args.batch_size,
-                 "merge": args.merge}
+    arguments = {"threshold": args.threshold, "nms_overlap": args.nms_overlap, "merge": args.merge}
     if args.padding is not None:
         arguments["padding"] = args.padding
+    if args.batch_size is not None:
+        arguments["batch_size"] = args.batch_size
     client = None
     if args.scheduler:
         try:
@@ -410,8 +411,9 @@ def _add_detect(commands) -> None:
     detect.add_argument("--padding", type=_non_negative_int, default=None, metavar="PX",
                         help="pixels of context around each window; adjacent windows overlap by twice this "
                         "(default: an eighth of the model's chip size)")
-    detect.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
-                        help="windows per forward pass (default 8)")
+    detect.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                        help="windows per forward pass (default 2 on a CPU, where larger batches are no faster "
+                        "and take more memory; 8 on a GPU)")
     detect.add_argument("--merge", choices=["nms", "greedy"], default="nms",
                         help="how duplicates across windows are merged: 'nms' keeps the most confident box, "
                         "'greedy' joins pieces of objects larger than the window overlap (default nms)")

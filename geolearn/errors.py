@@ -2,7 +2,19 @@
 
 Every error subclasses the builtin a caller would already catch (``ValueError``,
 ``FileNotFoundError``, ...), and its message names the file or value at fault and
-says how to fix it.
+says how to fix it. Catch :class:`GeolearnError` for any of them, the builtin for code
+that should not depend on geolearn. :class:`GeolearnWarning` marks data geolearn used
+anyway; ``warnings.simplefilter("error", GeolearnWarning)`` turns those into errors.
+
+Examples:
+    >>> from geolearn.data.esri import parse_classes
+    >>> try:
+    ...     parse_classes({"Classes": [{"Value": "pool"}]}, "model.emd")
+    ... except ValueError as err:  # a LabelFormatError is a ValueError too
+    ...     print(type(err).__name__, isinstance(err, GeolearnError))
+    ...     print(err)
+    LabelFormatError True
+    model.emd: Classes[0] has Value 'pool'; it must be an integer (key 'Value' or 'ClassValue').
 """
 
 from __future__ import annotations

@@ -101,6 +101,21 @@ def average_precision(
     Raises:
         ValueError: ``predictions`` and ``targets`` differ in length, a chip's tensors have the
             wrong shapes, or ``iou_thresh`` is outside (0, 1].
+
+    Examples:
+        >>> predictions = [  # chip 0: a pool found (IoU 0.68) and a false alarm; chip 1: a tree, IoU 0.25
+        ...     (torch.tensor([[10.0, 10.0, 30.0, 30.0], [50.0, 50.0, 70.0, 70.0]]), torch.tensor([1, 1]),
+        ...      torch.tensor([0.9, 0.6])),
+        ...     (torch.tensor([[0.0, 0.0, 20.0, 20.0]]), torch.tensor([2]), torch.tensor([0.8])),
+        ... ]
+        >>> targets = [
+        ...     (torch.tensor([[12.0, 12.0, 32.0, 32.0]]), torch.tensor([1])),
+        ...     (torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([2])),
+        ... ]
+        >>> average_precision(predictions, targets)  # arcgis-style AP@0.1
+        {1: 1.0, 2: 1.0}
+        >>> average_precision(predictions, targets, iou_thresh=0.5)  # VOC AP@0.5: the tree box is too loose
+        {1: 1.0, 2: 0.0}
     """
     _check_chip_count(predictions, targets)
     if not 0.0 < iou_thresh <= 1.0:
@@ -153,6 +168,12 @@ def mean_average_precision(ap: Mapping[int, float]) -> float:
 
     Returns:
         The mean AP in [0, 1], 0.0 for an empty mapping.
+
+    Examples:
+        >>> mean_average_precision({1: 1.0, 2: 0.5})
+        0.75
+        >>> mean_average_precision({1: 0.5, 2: float("nan")}), mean_average_precision({})
+        (0.5, 0.0)
     """
     values = [float(v) for v in ap.values() if not math.isnan(float(v))]
     return sum(values) / len(values) if values else 0.0
@@ -180,18 +201,34 @@ def coco_average_precision(
         predictions: One ``(chip_boxes Tensor[K, 4] xyxy pixels, labels Tensor[K] int ≥ 1,
             scores Tensor[K])`` per chip; usually not thresholded (COCO wants the whole curve).
         targets: One ``(chip_boxes Tensor[M, 4] xyxy pixels, labels Tensor[M])`` per chip.
-        iou_thresholds: IoU thresholds to average over; ``None`` is COCO's 0.50:0.05:0.95
-            (:data:`COCO_IOU_THRESHOLDS`), ``[0.5]`` gives AP50.
-        max_detections: Detections kept per chip and class (COCO's ``maxDets``, 100).
-        classes: The class indices to report; ``None`` reports every class with ground truth.
-            A class without ground truth is left out either way.
+        iou_thresholds: IoU thresholds to average over; ``None`` (the default) is COCO's
+            0.50:0.05:0.95 (:data:`COCO_IOU_THRESHOLDS`), ``[0.5]`` gives AP50.
+        max_detections: Detections kept per chip and class (COCO's ``maxDets``). Default 100.
+        classes: The class indices to report; ``None`` (the default) reports every class with
+            ground truth. A class without ground truth is left out either way.
 
     Returns:
-        ``{class_index: AP}`` with AP in [0, 1].
+        ``{class_index: AP}`` with AP in [0, 1], in the order of ``classes`` (ascending when
+        ``None``).
 
     Raises:
         ValueError: ``predictions`` and ``targets`` differ in length, a chip's tensors have the
             wrong shapes, a threshold is outside [0, 1], or ``max_detections`` < 1.
+
+    Examples:
+        >>> predictions = [  # chip 0: a pool found (IoU 0.68) and a false alarm; chip 1: a tree, IoU 0.25
+        ...     (torch.tensor([[10.0, 10.0, 30.0, 30.0], [50.0, 50.0, 70.0, 70.0]]), torch.tensor([1, 1]),
+        ...      torch.tensor([0.9, 0.6])),
+        ...     (torch.tensor([[0.0, 0.0, 20.0, 20.0]]), torch.tensor([2]), torch.tensor([0.8])),
+        ... ]
+        >>> targets = [
+        ...     (torch.tensor([[12.0, 12.0, 32.0, 32.0]]), torch.tensor([1])),
+        ...     (torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([2])),
+        ... ]
+        >>> {c: round(ap, 3) for c, ap in coco_average_precision(predictions, targets).items()}
+        {1: 0.4, 2: 0.0}
+        >>> {c: round(ap, 3) for c, ap in coco_average_precision(predictions, targets, iou_thresholds=[0.5]).items()}
+        {1: 1.0, 2: 0.0}
     """
     _check_chip_count(predictions, targets)
     thresholds = np.asarray(COCO_IOU_THRESHOLDS if iou_thresholds is None else iou_thresholds, dtype=np.float64)
@@ -242,11 +279,27 @@ def coco_map(
     Args:
         predictions: As :func:`coco_average_precision`.
         targets: As :func:`coco_average_precision`.
-        iou_thresholds: As :func:`coco_average_precision`; ``None`` is 0.50:0.05:0.95.
-        max_detections: Detections kept per chip and class.
+        iou_thresholds: As :func:`coco_average_precision`; ``None`` (the default) is 0.50:0.05:0.95.
+        max_detections: Detections kept per chip and class. Default 100.
 
     Returns:
         The mean AP in [0, 1].
+
+    Raises:
+        ValueError: As :func:`coco_average_precision`.
+
+    Examples:
+        >>> predictions = [  # chip 0: a pool found (IoU 0.68) and a false alarm; chip 1: a tree, IoU 0.25
+        ...     (torch.tensor([[10.0, 10.0, 30.0, 30.0], [50.0, 50.0, 70.0, 70.0]]), torch.tensor([1, 1]),
+        ...      torch.tensor([0.9, 0.6])),
+        ...     (torch.tensor([[0.0, 0.0, 20.0, 20.0]]), torch.tensor([2]), torch.tensor([0.8])),
+        ... ]
+        >>> targets = [
+        ...     (torch.tensor([[12.0, 12.0, 32.0, 32.0]]), torch.tensor([1])),
+        ...     (torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([2])),
+        ... ]
+        >>> round(coco_map(predictions, targets), 3)  # (0.4 + 0.0) / 2
+        0.2
     """
     ap = coco_average_precision(
         predictions, targets, iou_thresholds=iou_thresholds, max_detections=max_detections

@@ -13,8 +13,49 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-__all__ = ["plot_chips", "draw_boxes", "plot_lr_find", "plot_losses", "plot_detections", "plot_ground_truth_and_predictions",
-           "plot_scene_detections"]
+__all__ = ["resolve_rgb_bands", "plot_chips", "draw_boxes", "plot_lr_find", "plot_losses", "plot_detections",
+           "plot_ground_truth_and_predictions", "plot_scene_detections"]
+
+
+def resolve_rgb_bands(rgb_bands: Sequence[int | str] | None, band_names: Sequence[str] | None, n_bands: int) -> list[int]:
+    """0-based bands to draw as red, green, blue.
+
+    Args:
+        rgb_bands: 0-based indices or band names (any case); None picks the bands named
+            red/green/blue, else the first three (``[0, 0, 0]`` for 1- or 2-band chips).
+        band_names: the data's band names, if known.
+        n_bands: how many bands the chips have.
+
+    Returns:
+        Three (or ``len(rgb_bands)``) 0-based band indices.
+
+    Raises:
+        ValueError: a name not in ``band_names`` or an index out of range.
+
+    Examples:
+        >>> resolve_rgb_bands(None, ["nir", "Red", "Green", "Blue"], 4)
+        [1, 2, 3]
+        >>> resolve_rgb_bands(["nir", 1, 2], ["nir", "red", "green", "blue"], 4)
+        [0, 1, 2]
+        >>> resolve_rgb_bands(None, None, 1)
+        [0, 0, 0]
+    """
+    names = [n.lower() for n in band_names] if band_names else []
+    if rgb_bands is None:
+        if all(c in names for c in ("red", "green", "blue")):
+            return [names.index(c) for c in ("red", "green", "blue")]
+        return [0, 1, 2] if n_bands >= 3 else [0, 0, 0]
+    resolved = []
+    for band in rgb_bands:
+        if isinstance(band, str):
+            if band.lower() not in names:
+                raise ValueError(f"rgb_bands: band {band!r} is not among bands={list(band_names or [])}; name "
+                                 "the bands with bands=[...] or give 0-based indices.")
+            band = names.index(band.lower())
+        if not 0 <= int(band) < n_bands:
+            raise ValueError(f"rgb_bands: band index {band} is out of range for {n_bands}-band chips.")
+        resolved.append(int(band))
+    return resolved
 
 
 def draw_boxes(

@@ -9,6 +9,9 @@ known map coordinates must come back at those coordinates.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -22,6 +25,7 @@ from scipy import ndimage
 from torch import nn
 from torchvision.ops import box_iou
 
+import geolearn
 from geolearn import RetinaNet
 from geolearn.errors import BandMismatchError, OutputExistsError
 from geolearn.models.boxes import cthw_to_xyxy, encode, xyxy_to_cthw
@@ -226,3 +230,27 @@ def test_with_the_real_network(tiny_data, tmp_path):
     assert west >= 500000.0 and east <= 500060.0 and south >= 3999950.0 and north <= 4000000.0
     assert found["Confidence"].is_monotonic_decreasing
     assert set(found["Class"]) <= {"pool", "tree"}
+
+
+def test_prediction_from_a_saved_package_never_imports_fastai(tiny_data, tmp_path):
+    # fastai costs about 100 MiB and seconds of start-up that inference (Dask workers above all) never needs.
+    folder = RetinaNet(tiny_data, backbone="resnet18", pretrained=False).save(tmp_path / "m", compute_metrics=False)
+    raster = write_raster(tmp_path / "scene.tif", dark(100, 120), from_origin(500000.0, 4000000.0, 0.5, 0.5),
+                          "EPSG:32633")
+    script = f"""
+import sys
+import numpy as np
+import geolearn
+from geolearn.learn.retinanet import RetinaNet
+
+model = RetinaNet.from_model({str(folder)!r})
+model.detect_objects({str(raster)!r}, progress=True)
+model.predict(np.zeros((80, 90, 3), np.uint8))
+geolearn.detect_objects({str(raster)!r}, {str(folder)!r})
+print(sorted(name for name in sys.modules if name.split(".")[0] == "fastai"))
+"""
+    root = str(Path(geolearn.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

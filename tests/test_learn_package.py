@@ -155,3 +155,15 @@ def test_the_package_records_the_training_imagerys_cell_size_and_crs(tmp_path):
     assert "UTM zone 33N" in emd["geolearn"]["crs_wkt"]
     loaded = RetinaNet.from_model(folder)
     assert loaded._facts.crs_wkt == emd["geolearn"]["crs_wkt"]
+
+
+def test_from_model_takes_the_saved_tensors_as_float32_parameters(model, tmp_path):
+    folder = model.save(tmp_path / "m", compute_metrics=False)
+    saved = torch.load(folder / "m.pth", weights_only=True)
+    torch.save({name: value.half() if value.is_floating_point() else value for name, value in saved.items()},
+               folder / "m.pth")  # float16 weights load as float32, like load_state_dict's copy would
+    loaded = RetinaNet.from_model(folder / "m.emd")
+    state = loaded.model.state_dict()
+    assert not any(t.is_meta for t in state.values())
+    assert all(state[name].dtype == value.dtype for name, value in saved.items())
+    assert all(torch.equal(state[name], value.half().to(value.dtype)) for name, value in saved.items())

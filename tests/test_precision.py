@@ -1,13 +1,12 @@
-"""Mixed-precision settings and the CPU autocast callback."""
+"""Mixed-precision settings: which dtype to autocast to."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from fastai.callback.fp16 import MixedPrecision
 
 import geolearn.learn.precision as precision
-from geolearn.learn.precision import Autocast, precision_callbacks, resolve_precision
+from geolearn.learn.precision import resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -30,25 +29,3 @@ def test_fp16_needs_cuda_and_unknown_settings_are_refused():
         resolve_precision("fp16", CPU)
     with pytest.raises(ValueError, match="mixed_precision='half'"):
         resolve_precision("half", CPU)
-
-
-def test_callbacks_for_each_dtype():
-    assert precision_callbacks(None) == []
-    assert isinstance(precision_callbacks(torch.bfloat16)[0], Autocast)
-    assert isinstance(precision_callbacks(torch.float16)[0], MixedPrecision)
-
-
-def test_autocast_runs_the_forward_in_bf16_and_hands_back_float32():
-    class FakeLearner:
-        model = torch.nn.Linear(4, 2)
-
-    learner = FakeLearner()
-    callback = Autocast(torch.bfloat16)
-    callback.learn = learner
-    callback.before_batch()
-    learner.pred = [learner.model(torch.ones(1, 4))]
-    assert learner.pred[0].dtype is torch.bfloat16  # inside autocast
-    callback.after_pred()
-    assert learner.pred[0].dtype is torch.float32
-    callback.after_loss()
-    assert learner.model(torch.ones(1, 4)).dtype is torch.float32  # autocast is off again

@@ -21,16 +21,29 @@ __all__ = ["BandStats"]
 class BandStats:
     """Running per-band min, max, mean and sum of squared deviations.
 
+    Pixel values are in the raster's own units (digital numbers); nothing is rescaled.
+
+    Args:
+        n_bands: number of bands.
+
     Attributes:
         n_bands: number of bands.
-        minimum, maximum, mean, m2: ``float64[n_bands]``.
+        minimum: ``float64[n_bands]`` smallest value seen per band (``inf`` before any pixel).
+        maximum: ``float64[n_bands]`` largest value seen per band (``-inf`` before any pixel).
+        mean: ``float64[n_bands]`` mean per band.
+        m2: ``float64[n_bands]`` sum of squared deviations from the mean per band.
         count: ``int64[n_bands]`` pixels seen per band.
 
-    Example:
+    Examples:
         >>> stats = BandStats(3)
         >>> stats.update(np.ones((3, 4, 4)))
         >>> stats.mean.tolist(), stats.std.tolist()
         ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+        >>> other = BandStats(3)
+        >>> other.update(np.full((3, 4, 4), 3, dtype=np.uint8))
+        >>> stats.merge(other)
+        >>> stats.mean.tolist(), stats.std.tolist(), stats.count.tolist()
+        ([2.0, 2.0, 2.0], [1.0, 1.0, 1.0], [32, 32, 32])
     """
 
     n_bands: int
@@ -52,7 +65,17 @@ class BandStats:
 
         Args:
             pixels: ``[bands, H, W]`` array of any numeric dtype.
-            valid: optional ``bool[H, W]``; False pixels (nodata) are left out.
+            valid: optional ``bool[H, W]``; False pixels (nodata) are left out. Default None:
+                every pixel counts.
+
+        Raises:
+            BandMismatchError: ``pixels`` does not have ``n_bands`` bands in its first axis.
+
+        Examples:
+            >>> stats = BandStats(1)
+            >>> stats.update(np.array([[[1, 5], [9, 0]]]), valid=np.array([[True, True], [True, False]]))
+            >>> stats.minimum.tolist(), stats.maximum.tolist(), stats.mean.tolist(), stats.count.tolist()
+            ([1.0], [9.0], [5.0], [3])
         """
         if pixels.ndim < 2 or pixels.shape[0] != self.n_bands:
             # reshape(n_bands, -1) would otherwise silently mix bands of a chip with another count
@@ -76,7 +99,11 @@ class BandStats:
         self._merge(n, flat.min(axis=1), flat.max(axis=1), chip_mean, chip_m2)
 
     def merge(self, other: "BandStats") -> None:
-        """Adds another accumulator's pixels (Chan et al.'s parallel update)."""
+        """Adds another accumulator's pixels (Chan et al.'s parallel update), in place.
+
+        Args:
+            other: an accumulator with the same number of bands; it is not changed.
+        """
         self._merge(other.count, other.minimum, other.maximum, other.mean, other.m2)
 
     def _merge(self, n, minimum, maximum, mean, m2) -> None:
@@ -91,11 +118,23 @@ class BandStats:
 
     @property
     def std(self) -> np.ndarray:
-        """Population standard deviation per band."""
+        """``float64[n_bands]`` population standard deviation per band (0 for bands with no pixels)."""
         return np.sqrt(self.m2 / np.maximum(self.count, 1))
 
     def to_esri(self) -> list[dict[str, float]]:
-        """The ``BandStatsState`` list of ``esri_accumulated_stats.json``."""
+        """The ``BandStatsState`` list of ``esri_accumulated_stats.json``.
+
+        Returns:
+            One ``{"Min", "Max", "M1", "M2", "Num"}`` dict per band.
+
+        Examples:
+            >>> stats = BandStats(1)
+            >>> stats.update(np.array([[[2, 4]]]))
+            >>> stats.to_esri()
+            [{'Min': 2.0, 'Max': 4.0, 'M1': 3.0, 'M2': 2.0, 'Num': 2}]
+            >>> BandStats.from_esri(stats.to_esri()).std.tolist()
+            [1.0]
+        """
         return [
             {
                 "Min": float(self.minimum[b]),
@@ -109,7 +148,17 @@ class BandStats:
 
     @classmethod
     def from_esri(cls, state: list[dict[str, float]]) -> "BandStats":
-        """Rebuilds the accumulator from a ``BandStatsState`` list."""
+        """Rebuilds the accumulator from a ``BandStatsState`` list.
+
+        Args:
+            state: one ``{"Min", "Max", "M1", "M2", "Num"}`` dict per band, as :meth:`to_esri` writes.
+
+        Returns:
+            An accumulator with ``len(state)`` bands.
+
+        Raises:
+            KeyError: an entry lacks one of the five keys.
+        """
         stats = cls(len(state))
         stats.minimum = np.array([s["Min"] for s in state], dtype=np.float64)
         stats.maximum = np.array([s["Max"] for s in state], dtype=np.float64)

@@ -40,6 +40,27 @@ class ChipDataset(Dataset):
         resize_to: squish each chip to this side before cropping, or None.
         bands: 0-based bands to read, or None for all.
         seed: seeds the random crops (one generator per dataset).
+
+    An item is ``(TensorImage[C, S, S] float32 in [0, 1], TensorBBox[N, 4] xyxy in [-1, 1],
+    TensorMultiCategory[N] int64)`` with ``S = chip_size``: the chip is squished to
+    ``resize_to`` (when set), zero-padded up to ``chip_size`` and cropped to it; boxes cut by
+    the crop are clipped, and dropped when less than ``MIN_VISIBLE_FRACTION`` of them stays.
+
+    Examples:
+        >>> import numpy as np, rasterio, tempfile
+        >>> path = f"{tempfile.mkdtemp()}/chip.png"
+        >>> with rasterio.open(path, "w", driver="PNG", width=8, height=8, count=3, dtype="uint8") as dst:
+        ...     dst.write(np.full((3, 8, 8), 255, dtype="uint8"))
+        >>> dataset = ChipDataset(
+        ...     images=[path],
+        ...     labels=[ChipLabels.from_lists([[2, 2, 6, 6]], ["pool"])],
+        ...     classes=["background", "pool"],
+        ...     chip_size=8,
+        ...     normalization=Normalization.for_rgb8(),
+        ... )
+        >>> image, unit_boxes, targets = dataset[0]
+        >>> image.shape, float(image.max()), unit_boxes, targets
+        (torch.Size([3, 8, 8]), 1.0, TensorBBox([[-0.5000, -0.5000,  0.5000,  0.5000]]), TensorMultiCategory([1]))
     """
 
     images: Sequence[Path]
@@ -62,7 +83,17 @@ class ChipDataset(Dataset):
         return len(self.images)
 
     def targets(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Chip ``index``'s boxes (xyxy chip pixels) and class indices, before any crop."""
+        """Chip ``index``'s boxes and class indices, before any resize or crop.
+
+        Args:
+            index: the chip's position in ``images``.
+
+        Returns:
+            ``(Tensor[N, 4] float32 xyxy in chip pixels, Tensor[N] int64 indices into classes)``.
+
+        Raises:
+            KeyError: a label's class token is not in ``classes``.
+        """
         labels = self.labels[index]
         return labels.chip_boxes, torch.tensor([self._index[n] for n in labels.classes], dtype=torch.long)
 

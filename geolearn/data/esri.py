@@ -48,27 +48,76 @@ _PALETTE = (
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """One class of an export: its numeric value, name and display colour (RGB 0-255)."""
+    """One class of an export: its numeric value, name and display colour.
+
+    Attributes:
+        value: the class value (the number label files use), usually 1..C.
+        name: the class name.
+        color: ``(r, g, b)``, each 0-255.
+
+    Examples:
+        >>> ClassInfo(1, "pool", default_color(1)).to_esri()
+        {'Value': 1, 'Name': 'pool', 'Color': [0, 168, 132]}
+    """
 
     value: int
     name: str
     color: tuple[int, int, int]
 
     def to_esri(self) -> dict[str, Any]:
-        """The ``Classes`` entry as ArcGIS writes it."""
+        """The ``Classes`` entry as ArcGIS writes it.
+
+        Returns:
+            ``{"Value": int, "Name": str, "Color": [r, g, b]}``.
+        """
         return {"Value": self.value, "Name": self.name, "Color": list(self.color)}
 
 
 def default_color(value: int) -> tuple[int, int, int]:
-    """A stable display colour for a class value."""
+    """A stable display colour for a class value.
+
+    Ten colours, cycled: values 1 and 11 share one.
+
+    Args:
+        value: the class value (1-based).
+
+    Returns:
+        ``(r, g, b)``, each 0-255.
+
+    Examples:
+        >>> default_color(1), default_color(2), default_color(11)
+        ((0, 168, 132), (255, 170, 0), (0, 168, 132))
+    """
     return _PALETTE[(value - 1) % len(_PALETTE)]
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
     """Reads a JSON metadata file, naming the file when it is not valid JSON.
 
+    A UTF-8 byte-order mark, as some Windows tools write, is accepted.
+
+    Args:
+        path: the JSON file.
+
+    Returns:
+        The parsed object.
+
     Raises:
-        LabelFormatError: the file is not a JSON object.
+        FileNotFoundError: the file does not exist.
+        LabelFormatError: the file is not valid JSON, or not a JSON object.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / STATS_FILE
+        >>> write_json(path, {"MetaDataMode": "PASCAL_VOC_rectangles"})
+        >>> read_json(path)
+        {'MetaDataMode': 'PASCAL_VOC_rectangles'}
+        >>> _ = path.write_text("[1, 2]")
+        >>> read_json(path)
+        Traceback (most recent call last):
+        ...
+        geolearn.errors.LabelFormatError: ...esri_accumulated_stats.json: expected a JSON object, found list.
     """
     path = Path(path)
     try:
@@ -83,7 +132,28 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, content: dict[str, Any]) -> None:
-    """Writes JSON atomically: a reader never sees a half-written file."""
+    """Writes JSON atomically: a reader never sees a half-written file.
+
+    The content goes to a temporary file in the same folder, which then replaces ``path``;
+    when serialising fails, neither file is left behind.
+
+    Args:
+        path: the file to write; its folder must exist. An existing file is replaced.
+        content: a JSON-serialisable dict, written with an indent of 2.
+
+    Raises:
+        TypeError: a value JSON cannot serialise.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "stats.json"
+        >>> write_json(path, {"Num": 3})
+        >>> print(path.read_text())
+        {
+          "Num": 3
+        }
+    """
     path = Path(path)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
         try:
@@ -107,7 +177,15 @@ def parse_classes(emd: dict[str, Any], path: str | Path) -> list[ClassInfo]:
         Classes in file order; missing colours get :func:`default_color`.
 
     Raises:
-        LabelFormatError: no ``Classes`` list, or an entry without a usable value or name.
+        LabelFormatError: no ``Classes`` list, or an entry whose value is not an integer
+            (a missing or blank name becomes the value as text).
+
+    Examples:
+        >>> emd = {"Classes": [{"ClassValue": 1, "ClassName": "pool"}, {"Value": 2, "Name": "tree", "Color": [0, 0, 255]}]}
+        >>> for info in parse_classes(emd, "model.emd"):
+        ...     print(info)
+        ClassInfo(value=1, name='pool', color=(0, 168, 132))
+        ClassInfo(value=2, name='tree', color=(0, 0, 255))
     """
     entries = emd.get("Classes")
     if not isinstance(entries, list):
@@ -141,7 +219,30 @@ def esri_dataset_type(root: str | Path) -> str | None:
     """The ``MetaDataMode`` of an Esri export, or None when the folder is not one.
 
     A folder is an Esri export when all three of ``esri_model_definition.emd``,
-    ``map.txt`` and ``esri_accumulated_stats.json`` exist (arcgis.learn's rule).
+    ``map.txt`` and ``esri_accumulated_stats.json`` exist (arcgis.learn's rule). The mode is
+    read from the stats file first, then from the EMD.
+
+    Args:
+        root: the folder.
+
+    Returns:
+        The ``MetaDataMode`` (e.g. ``"PASCAL_VOC_rectangles"``), or None when a file is missing
+        or neither file names a mode.
+
+    Raises:
+        LabelFormatError: one of the JSON files is not a valid JSON object.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> print(esri_dataset_type(root))
+        None
+        >>> write_json(root / STATS_FILE, {"MetaDataMode": "KITTI_rectangles"})
+        >>> write_json(root / EMD_FILE, {})
+        >>> write_map_txt(root, [])
+        >>> esri_dataset_type(root)
+        'KITTI_rectangles'
     """
     root = Path(root)
     if not all((root / name).exists() for name in (EMD_FILE, MAP_FILE, STATS_FILE)):
@@ -157,15 +258,44 @@ def write_map_txt(root: str | Path, pairs: Iterable[tuple[str, str]]) -> None:
     """Writes ``map.txt``: ``images\\<chip> labels\\<label>`` a line, Windows separators.
 
     Args:
-        root: the export folder.
+        root: the export folder; ``map.txt`` in it is replaced.
         pairs: ``(image file name, label file name)`` per chip.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> write_map_txt(root, [("000000000.tif", "000000000.xml")])
+        >>> (root / MAP_FILE).read_text()
+        'images\\\\000000000.tif labels\\\\000000000.xml\\n'
     """
     lines = [f"images\\{image} labels\\{label}\n" for image, label in pairs]
     (Path(root) / MAP_FILE).write_text("".join(lines))
 
 
 def read_map_txt(root: str | Path) -> list[tuple[str, str]]:
-    """Reads ``map.txt`` into ``(image file name, label file name)`` pairs (any separator)."""
+    """Reads ``map.txt`` into ``(image file name, label file name)`` pairs.
+
+    Folders are dropped whatever their separator (``\\`` or ``/``); lines with fewer than two
+    fields are skipped.
+
+    Args:
+        root: the export folder holding ``map.txt``.
+
+    Returns:
+        ``(image file name, label file name)`` per line, in file order.
+
+    Raises:
+        FileNotFoundError: the folder has no ``map.txt``.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> write_map_txt(root, [("000000000.tif", "000000000.xml")])
+        >>> read_map_txt(root)
+        [('000000000.tif', '000000000.xml')]
+    """
     pairs = []
     for line in (Path(root) / MAP_FILE).read_text().splitlines():
         parts = line.split()

@@ -134,21 +134,33 @@ def export_training_data(
         <output_location>/labels/000000000.xml ...   one label file per chip (.txt for KITTI)
         <output_location>/map.txt, esri_model_definition.emd, esri_accumulated_stats.json, stats.txt
 
+    Chips are the windows of :func:`~geolearn.data.tiling.chip_windows` (the last row and
+    column flush with the raster's edge) that hold at least one object, or every window when
+    ``output_nofeature_tiles`` is set; windows outside ``input_mask_polygons`` or wholly
+    nodata are skipped. Labels are the samples' bounding boxes in chip pixels, clipped to the
+    chip. Samples in another CRS than the raster's are reprojected to it.
+
     Args:
         input_raster: path to anything rasterio opens (GeoTIFF, VRT, ...).
         input_class_data: training samples, a vector file (GeoPackage, shapefile,
             GeoJSON, ...) or a GeoDataFrame, with an integer class field and an
-            optional ``Classname`` field (ArcGIS's training-sample schema).
-        chip_format: ``'TIFF'`` (GeoTIFF chips carrying their transform and CRS),
-            ``'PNG'`` or ``'JPEG'`` (8-bit, 1 or 3 bands); case-insensitive.
-        tile_size: chip size in pixels, ``{'x': int, 'y': int}`` or an int.
+            optional ``Classname`` field (ArcGIS's training-sample schema). Required,
+            although the signature (arcgis.learn's) gives it a default of None.
+        chip_format: ``'TIFF'`` (the default; GeoTIFF chips carrying their transform and
+            CRS), ``'PNG'`` (8- or 16-bit, 1 to 4 bands) or ``'JPEG'`` (8-bit, 1 or 3
+            bands); case-insensitive. None means ``'TIFF'``.
+        tile_size: chip size in pixels, ``{'x': int, 'y': int}`` or an int. Default
+            ``{'x': 256, 'y': 256}``; None means 256.
         stride_size: step between chips in pixels, ``{'x': int, 'y': int}`` or an int.
-        metadata_format: ``'PASCAL_VOC_rectangles'`` or ``'KITTI_rectangles'``.
-        classvalue_field: the integer class field; default: the field named
+            Default ``{'x': 128, 'y': 128}``; None means 128.
+        metadata_format: ``'PASCAL_VOC_rectangles'`` (the default; None means it too) or
+            ``'KITTI_rectangles'``; case-insensitive.
+        classvalue_field: the integer class field. Default None: the field named
             ``Classvalue`` (any case).
         buffer_radius: half the side, in map units of the raster's CRS, of the
             square drawn around each point (or line) sample; required for them.
-        output_location: the output folder (required).
+            Default None.
+        output_location: the output folder (required; created if missing).
         context: not supported (must be None).
         input_mask_polygons: optional polygons (path or GeoDataFrame); only chips
             intersecting them are exported.
@@ -162,35 +174,54 @@ def export_training_data(
         instance_class_value_field: not supported (must be None).
         min_polygon_overlap_ratio: in [0, 1]; a sample is labelled in a chip when
             the area of its part inside the chip, divided by its whole area, is at
-            least this (and above 0).
+            least this (and above 0). Default 0.
         output_nofeature_tiles: also export chips without objects, as background
             chips with empty label files (True or ``'ALL_TILES'``; default False,
-            ``'ONLY_TILES_WITH_FEATURES'``).
+            ``'ONLY_TILES_WITH_FEATURES'``). Keyword only.
         overwrite: replace an earlier export in ``output_location``. Only the files
             that export wrote (those its ``map.txt`` lists, and the metadata files)
-            are deleted; nothing else.
-        progress: show a progress bar over the chip windows.
+            are deleted; nothing else. Default False. Keyword only.
+        progress: show a progress bar over the chip windows. Default True. Keyword only.
 
     Returns:
-        The output folder.
+        The output folder, as a ``Path``.
 
     Raises:
-        NotImplementedError: an arcgis option geolearn does not implement.
-        ValueError: a bad tile/stride size, chip or metadata format, overlap ratio
-            or buffer radius, or no ``output_location``.
+        NotImplementedError: an arcgis option geolearn does not implement (a non-default
+            ``context``, ``rotation_angle``, ``reference_system``, ...), ``chip_format='MRF'``,
+            or a ``metadata_format`` other than VOC or KITTI rectangles.
+        ValueError: a bad tile/stride size, chip format, overlap ratio,
+            ``output_nofeature_tiles`` or buffer radius, or no ``input_class_data`` or
+            ``output_location``.
+        TypeError: ``input_class_data`` or ``input_mask_polygons`` is neither a path nor a
+            GeoDataFrame.
+        FileNotFoundError: the raster or a vector file does not exist.
+        ImageReadError: the raster cannot be opened.
+        NotADirectoryError: ``output_location`` is a file.
         LabelFormatError: no class field, non-integer class values, or point/line
             samples without ``buffer_radius``.
         BandMismatchError: a raster JPEG (or PNG) chips cannot hold.
         CRSMismatchError: labels with a CRS against a raster without one.
         NoOverlapError: labels that miss the raster.
-        OutputExistsError: ``output_location`` holds an export and ``overwrite`` is False.
+        OutputExistsError: ``output_location`` holds an export and ``overwrite`` is False, or
+            (with ``overwrite``) chip-named files the earlier export did not record.
         NoChipsError: no window produced a chip.
 
-    Example:
-        >>> export_training_data("ortho.tif", "pools.gpkg", output_location="chips",
-        ...                      tile_size={"x": 256, "y": 256}, stride_size={"x": 128, "y": 128},
-        ...                      buffer_radius=None)  # doctest: +SKIP
-        PosixPath('chips')
+    Warns:
+        GeolearnWarning: labels without a CRS (assumed to be in the raster's), samples
+            skipped for a null, empty or area-less geometry, and (with ``overwrite``) files
+            left in ``images/`` or ``labels/`` that the earlier export did not write.
+
+    Examples:
+        >>> import tempfile
+        >>> from geolearn.data.synthetic import make_scene
+        >>> scene = make_scene(tempfile.mkdtemp(), size=512, seed=0)  # a 512 x 512 px GeoTIFF
+        >>> chips = export_training_data(scene.raster, scene.labels, output_location=scene.raster.parent / "chips",
+        ...                              tile_size=128, stride_size=128, progress=False)
+        >>> sorted(p.name for p in chips.iterdir())
+        ['esri_accumulated_stats.json', 'esri_model_definition.emd', 'images', 'labels', 'map.txt', 'stats.txt']
+        >>> sorted(p.name for p in (chips / "images").iterdir())[:2]
+        ['000000000.tif', '000000001.tif']
     """
     _refuse_unsupported(
         context=context,
@@ -720,9 +751,16 @@ class _Tally:
     Attributes:
         class_values: ``int64[C]`` sorted class values.
         band_stats: statistics of the valid pixels of the written chips.
-        images_per_class, features_per_class: ``int64[C]``.
-        area_min, area_max, area_sum: ``float64[C]`` box areas in chip pixels².
-        n_chips, n_features, min/max objects per chip.
+        images_per_class: ``int64[C]`` chips holding the class.
+        features_per_class: ``int64[C]`` objects of the class.
+        area_min: ``float64[C]`` smallest box area, chip pixels².
+        area_max: ``float64[C]`` largest box area, chip pixels².
+        area_sum: ``float64[C]`` summed box areas, chip pixels².
+        n_chips: chips written.
+        n_features: objects written.
+        n_background: chips written without objects.
+        min_per_chip: fewest objects in a chip (None before the first chip).
+        max_per_chip: most objects in a chip.
         skipped: windows skipped, by reason.
     """
 

@@ -72,6 +72,9 @@ class FolderData:
         classes: the classes (value, name, colour) the folder defines or uses.
         band_stats: the export's accumulated band statistics, when it has them.
         emd: the export's ``esri_model_definition.emd``, when it has one.
+
+    Examples:
+        See :func:`read_folder`, which builds it.
     """
 
     root: Path
@@ -88,10 +91,27 @@ def infer_dataset_type(root: Path) -> str:
     """Guesses the label format from the files, for folders without Esri metadata.
 
     ``labels.json`` → COCO; ``labels/*.xml`` → PASCAL VOC; ``labels/*.txt`` → YOLO when
-    the first object line is five numbers with the last four in [0, 1], else KITTI.
+    the first object line (of the first file, by name, that has one) is five fields with the
+    last four numbers in [0, 1], else KITTI.
+
+    Args:
+        root: the data folder.
+
+    Returns:
+        One of ``"COCO_rectangles"``, ``"PASCAL_VOC_rectangles"``, ``"YOLO_rectangles"``,
+        ``"KITTI_rectangles"``.
 
     Raises:
-        DataFolderError: no label files to tell from.
+        DataFolderError: no label files to tell from (``.txt`` files without objects do not count).
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "labels").mkdir()
+        >>> _ = (root / "labels" / "000000001.txt").write_text("0 0.5 0.5 0.2 0.2\\n")
+        >>> infer_dataset_type(root)
+        'YOLO_rectangles'
     """
     if (root / COCO_FILE).exists():
         return "COCO_rectangles"
@@ -270,20 +290,51 @@ def read_folder(
 ) -> FolderData:
     """Reads a training-data folder.
 
+    Chips are the ``.tif``, ``.tiff``, ``.png``, ``.jpg`` and ``.jpeg`` files of ``images/``,
+    sorted by name; a chip's label file has the same stem. Boxes are clipped to their chip.
+
     Args:
         root: the folder holding ``images/`` (and ``labels/`` or ``labels.json``).
-        dataset_type: the label format; None detects it (Esri metadata, then label files).
-        class_mapping: ``{value or label token: class name}`` (CONTRACT §2).
+        dataset_type: the label format, one of :data:`~geolearn.data.esri.DATASET_TYPES`.
+            Default None detects it (Esri metadata, then :func:`infer_dataset_type`).
+        class_mapping: ``{value or label token: class name}`` (CONTRACT §2). With an EMD it
+            renames class values; without one, objects whose token it lacks are left out.
+            Default None: the EMD's names, else the folder's own (COCO categories, YOLO
+            names), else the tokens themselves.
 
     Returns:
         The folder's chips, labels (clipped to each chip) and classes.
 
     Raises:
-        DataFolderError: missing folder, ``images/``, ``labels/``, or an undetectable format.
+        DataFolderError: missing folder, ``images/``, ``labels/`` or ``labels.json``, an
+            undetectable format, or a ``dataset_type`` that is not rectangles.
         NoChipsError: no chips, or none left with a label file.
         ImageReadError: an unreadable chip.
         BandMismatchError: chips with different band counts.
-        LabelFormatError: a malformed label file (see :mod:`geolearn.data.labels`).
+        LabelFormatError: a malformed label or metadata file (see :mod:`geolearn.data.labels`).
+
+    Warns:
+        GeolearnWarning: once each for chips without a label file (left out), objects of
+            classes not in ``class_mapping`` (left out), and boxes clipped to or wholly outside
+            their chip.
+
+    Examples:
+        >>> import numpy as np, rasterio, tempfile
+        >>> from pathlib import Path
+        >>> from geolearn.data.labels import write_kitti
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "images").mkdir(), (root / "labels").mkdir()
+        (None, None)
+        >>> for stem, boxes in [("a", [[2, 2, 6, 6]]), ("b", [])]:  # "b" is a background chip
+        ...     with rasterio.open(root / "images" / f"{stem}.png", "w", driver="PNG",
+        ...                        width=8, height=8, count=3, dtype="uint8") as dst:
+        ...         dst.write(np.zeros((3, 8, 8), dtype="uint8"))
+        ...     write_kitti(root / "labels" / f"{stem}.txt", ChipLabels.from_lists(boxes, ["pool"] * len(boxes)))
+        >>> data = read_folder(root)
+        >>> data.dataset_type, [p.name for p in data.images], data.classes
+        ('KITTI_rectangles', ['a.png', 'b.png'], [ClassInfo(value=1, name='pool', color=(0, 168, 132))])
+        >>> [labels.classes for labels in data.labels]
+        [('pool',), ()]
     """
     root = Path(root)
     if not root.is_dir():

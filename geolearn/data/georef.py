@@ -78,7 +78,7 @@ def boxes_to_polygons(raster_boxes: Tensor | np.ndarray, transform: Affine) -> n
     Raises:
         ValueError: ``raster_boxes`` is not ``[N, 4]``.
 
-    Example:
+    Examples:
         >>> from affine import Affine
         >>> polygon = boxes_to_polygons(torch.tensor([[10., 20., 30., 40.]]), Affine(2, 0, 500000, 0, -2, 4000000))[0]
         >>> polygon.bounds
@@ -113,6 +113,12 @@ def polygons_to_boxes(map_geoms: Sequence[Any] | np.ndarray, transform: Affine) 
     Returns:
         ``Tensor[N, 4]`` float64 xyxy in raster pixels (float64 so that a round trip is exact
         to far below a pixel, even at map coordinates in the millions).
+
+    Examples:
+        >>> from affine import Affine
+        >>> transform = Affine(2, 0, 500000, 0, -2, 4000000)
+        >>> polygons_to_boxes(boxes_to_polygons(torch.tensor([[10., 20., 30., 40.]]), transform), transform)
+        tensor([[10., 20., 30., 40.]], dtype=torch.float64)
     """
     geoms = np.asarray(map_geoms, dtype=object)
     if len(geoms) == 0:
@@ -154,8 +160,9 @@ def detections_frame(
             ``['background', *names]``, fits labels 1..C as the detector gives them.
         transform: the raster's affine, raster pixels → map coordinates.
         crs: the raster's CRS (anything GeoPandas takes; None for an image without one).
-        class_field: name of the class-name column.
-        confidence_field: name of the score column, score × 100 (ArcGIS's percent).
+        class_field: name of the class-name column. Default ``"Class"``.
+        confidence_field: name of the score column, score × 100 (ArcGIS's percent). Default
+            ``"Confidence"``.
 
     Returns:
         ``GeoDataFrame`` with columns ``class_field`` (str), ``confidence_field`` (float64, 0–100)
@@ -163,6 +170,23 @@ def detections_frame(
 
     Raises:
         ValueError: the lengths differ, or a label has no name.
+
+    Examples:
+        >>> from affine import Affine
+        >>> frame = detections_frame(
+        ...     torch.tensor([[10., 20., 30., 40.], [0., 0., 5., 5.]]),
+        ...     labels=torch.tensor([2, 1]),
+        ...     scores=torch.tensor([0.5, 0.75]),
+        ...     class_names=["background", "pool", "tree"],
+        ...     transform=Affine(0.3, 0, 500000, 0, -0.3, 4650000),
+        ...     crs="EPSG:32633",
+        ... )
+        >>> frame[["Class", "Confidence"]]
+          Class  Confidence
+        0  pool        75.0
+        1  tree        50.0
+        >>> frame.crs.to_epsg(), frame.geometry[0].bounds
+        (32633, (500000.0, 4649998.5, 500001.5, 4650000.0))
     """
     n = len(raster_boxes)
     if not len(labels) == len(scores) == n:
@@ -191,8 +215,9 @@ def resolve_output(path: str | Path, driver: str | None = None, overwrite: bool 
 
     Args:
         path: the output file.
-        driver: an OGR driver name, ``'GeoParquet'``, or None to choose by suffix.
-        overwrite: whether an existing file may be replaced.
+        driver: an OGR driver name, ``'GeoParquet'``, or None (the default) to choose by
+            suffix (:data:`DRIVERS`, any case).
+        overwrite: whether an existing file may be replaced. Default False.
 
     Returns:
         ``(path, driver)``.
@@ -200,6 +225,15 @@ def resolve_output(path: str | Path, driver: str | None = None, overwrite: bool 
     Raises:
         ValueError: no ``driver`` and an unknown suffix.
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
+
+    Examples:
+        >>> path, driver = resolve_output("/no/such/folder/pools.GPKG")
+        >>> path.name, driver
+        ('pools.GPKG', 'GPKG')
+        >>> resolve_output("pools.csv")
+        Traceback (most recent call last):
+        ...
+        ValueError: pools.csv: cannot tell the output format from the suffix '.csv'; use one of ...
     """
     path = Path(path)
     if driver is None:
@@ -239,12 +273,15 @@ def write_features(
     .shx/.dbf/.prj), ``.parquet`` GeoParquet (needs pyarrow). The driver is always passed
     explicitly. An existing file is never replaced unless ``overwrite=True``.
 
+    Missing parent folders are created; an empty frame is still written as a polygon layer
+    (OGR formats).
+
     Args:
         frame: the features, with a CRS.
         path: the output file.
         driver: an OGR driver name (``'GPKG'``, ``'GeoJSON'``, ``'ESRI Shapefile'``, ...) or
-            ``'GeoParquet'``; None chooses by suffix.
-        overwrite: replace an existing file.
+            ``'GeoParquet'``; None (the default) chooses by suffix.
+        overwrite: replace an existing file (and a shapefile's companion files). Default False.
 
     Returns:
         The path written.
@@ -253,6 +290,16 @@ def write_features(
         ValueError: no ``driver`` and an unknown suffix.
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
         ImportError: GeoParquet without pyarrow.
+
+    Examples:
+        >>> import tempfile
+        >>> from affine import Affine
+        >>> frame = detections_frame(torch.tensor([[10., 20., 30., 40.]]), torch.tensor([1]), torch.tensor([0.9]),
+        ...                          ["background", "pool"], Affine(0.3, 0, 500000, 0, -0.3, 4650000), "EPSG:32633")
+        >>> path = write_features(frame, f"{tempfile.mkdtemp()}/pools.gpkg")
+        >>> back = gpd.read_file(path)
+        >>> len(back), back.crs.to_epsg(), back["Class"][0]
+        (1, 32633, 'pool')
     """
     path, driver = resolve_output(path, driver, overwrite)
     if driver == _PARQUET:

@@ -26,7 +26,17 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header of a chip says: size in pixels, band count, data type."""
+    """What the header of a chip says: size in pixels, band count, data type.
+
+    Attributes:
+        width: chip width, pixels.
+        height: chip height, pixels.
+        count: number of bands.
+        dtype: numpy name of the first band's data type (``"uint8"``, ``"uint16"``, ...).
+
+    Examples:
+        See :func:`read_image_info`, which returns it.
+    """
 
     width: int
     height: int
@@ -36,10 +46,27 @@ class ImageInfo:
 
 @contextmanager
 def open_image(path: Path) -> Iterator[rasterio.DatasetReader]:
-    """Opens a chip for reading.
+    """Opens a chip for reading, as a context manager.
+
+    GDAL's ``NotGeoreferencedWarning`` (plain PNG/JPEG chips) is silenced while opening.
+
+    Args:
+        path: the chip file (any format rasterio reads).
+
+    Yields:
+        The open rasterio dataset; it is closed when the ``with`` block ends.
 
     Raises:
         ImageReadError: the file cannot be opened as an image.
+
+    Examples:
+        >>> import numpy as np, tempfile
+        >>> path = f"{tempfile.mkdtemp()}/chip.png"
+        >>> with rasterio.open(path, "w", driver="PNG", width=4, height=2, count=3, dtype="uint8") as dst:
+        ...     dst.write(np.zeros((3, 2, 4), dtype="uint8"))
+        >>> with open_image(path) as src:
+        ...     print(src.count, src.width, src.height)
+        3 4 2
     """
     try:
         with warnings.catch_warnings():
@@ -54,13 +81,55 @@ def open_image(path: Path) -> Iterator[rasterio.DatasetReader]:
 
 
 def read_image_info(path: Path) -> ImageInfo:
-    """Reads a chip's header (no pixels)."""
+    """Reads a chip's header (no pixels).
+
+    Args:
+        path: the chip file.
+
+    Returns:
+        Its size in pixels, band count and data type.
+
+    Raises:
+        ImageReadError: the file cannot be opened as an image.
+
+    Examples:
+        >>> import numpy as np, tempfile
+        >>> path = f"{tempfile.mkdtemp()}/chip.png"
+        >>> with rasterio.open(path, "w", driver="PNG", width=4, height=2, count=3, dtype="uint8") as dst:
+        ...     dst.write(np.zeros((3, 2, 4), dtype="uint8"))
+        >>> read_image_info(path)
+        ImageInfo(width=4, height=2, count=3, dtype='uint8')
+    """
     with open_image(path) as src:
         return ImageInfo(src.width, src.height, src.count, src.dtypes[0])
 
 
 def read_chip(path: Path, bands: Sequence[int] | None = None) -> torch.Tensor:
-    """Reads a chip's pixels as ``Tensor[C, H, W]`` in their own dtype (0-based ``bands``)."""
+    """Reads a chip's pixels as ``Tensor[C, H, W]``.
+
+    Pixels keep their values; the dtype is the file's, except that ``uint16`` becomes
+    ``int32`` and ``uint32`` becomes ``int64`` (torch has no arithmetic on them).
+
+    Args:
+        path: the chip file.
+        bands: 0-based band indices to read, in that order. Default None: every band.
+
+    Returns:
+        ``Tensor[C, H, W]`` raw pixel values, C = ``len(bands)`` or the file's band count.
+
+    Raises:
+        ImageReadError: the file cannot be opened, or a band index is out of range.
+
+    Examples:
+        >>> import numpy as np, tempfile
+        >>> path = f"{tempfile.mkdtemp()}/chip.tif"
+        >>> pixels = np.arange(3 * 2 * 4, dtype="uint16").reshape(3, 2, 4)
+        >>> with rasterio.open(path, "w", driver="GTiff", width=4, height=2, count=3, dtype="uint16") as dst:
+        ...     dst.write(pixels)
+        >>> chip = read_chip(path, bands=[2, 0])
+        >>> chip.shape, chip.dtype, chip[0, 0].tolist()
+        (torch.Size([2, 2, 4]), torch.int32, [16, 17, 18, 19])
+    """
     with open_image(path) as src:
         try:
             pixels = src.read([b + 1 for b in bands] if bands is not None else None)

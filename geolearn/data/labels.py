@@ -43,9 +43,21 @@ __all__ = [
 class ChipLabels:
     """The objects of one chip.
 
+    ``len(labels)`` is the number of objects; a background chip has none.
+
     Attributes:
         chip_boxes: ``Tensor[N, 4]`` float32, ``(xmin, ymin, xmax, ymax)`` in chip pixels.
         classes: the N class tokens as written in the label file.
+
+    Raises:
+        ValueError: ``chip_boxes`` is not of shape ``(len(classes), 4)``.
+
+    Examples:
+        >>> labels = ChipLabels.from_lists([[10, 20, 30, 40]], ["1"])
+        >>> len(labels), labels.chip_boxes, labels.classes
+        (1, tensor([[10., 20., 30., 40.]]), ('1',))
+        >>> len(ChipLabels.empty())
+        0
     """
 
     chip_boxes: Tensor
@@ -60,13 +72,28 @@ class ChipLabels:
 
     @classmethod
     def from_lists(cls, boxes: Sequence[Sequence[float]], classes: Sequence[str]) -> "ChipLabels":
-        """Builds labels from plain lists of xyxy boxes and class tokens."""
+        """Builds labels from plain lists of xyxy boxes and class tokens.
+
+        Args:
+            boxes: N ``[xmin, ymin, xmax, ymax]`` boxes in chip pixels (an empty list is fine).
+            classes: N class tokens; each is turned into ``str``.
+
+        Returns:
+            The labels, boxes as float32.
+
+        Raises:
+            ValueError: the numbers of boxes and classes differ.
+        """
         chip_boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         return cls(chip_boxes, tuple(str(c) for c in classes))
 
     @classmethod
     def empty(cls) -> "ChipLabels":
-        """A background chip: no objects."""
+        """A background chip: no objects.
+
+        Returns:
+            Labels with ``chip_boxes`` of shape ``(0, 4)`` and no classes.
+        """
         return cls(torch.zeros((0, 4), dtype=torch.float32), ())
 
     def __len__(self) -> int:
@@ -108,10 +135,20 @@ def read_voc(path: str | Path) -> ChipLabels:
 
     Raises:
         LabelFormatError: malformed XML, an object without name or box, a
-            non-numeric coordinate, or a box with ``xmin >= xmax`` / ``ymin >= ymax``.
+            non-numeric or non-finite coordinate, or a box with ``xmin >= xmax`` /
+            ``ymin >= ymax``.
 
-    Example:
-        >>> labels = read_voc("export/labels/000000001.xml")  # doctest: +SKIP
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> xml = Path(tempfile.mkdtemp()) / "000000001.xml"
+        >>> _ = xml.write_text(
+        ...     "<annotation><object><name>1</name><bndbox><xmin>10</xmin><ymin>20</ymin>"
+        ...     "<xmax>30.5</xmax><ymax>40</ymax></bndbox></object></annotation>"
+        ... )
+        >>> labels = read_voc(xml)
+        >>> labels.chip_boxes, labels.classes
+        (tensor([[10.0000, 20.0000, 30.5000, 40.0000]]), ('1',))
     """
     path = Path(path)
     if _is_blank(path):
@@ -164,8 +201,17 @@ def read_kitti(path: str | Path) -> ChipLabels:
         The chip's labels.
 
     Raises:
-        LabelFormatError: a line with fewer than 8 fields, a non-numeric box field,
-            or an empty/inverted box.
+        LabelFormatError: a line with fewer than 8 fields, a non-numeric or non-finite box
+            field, or an empty/inverted box.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> txt = Path(tempfile.mkdtemp()) / "000000001.txt"
+        >>> _ = txt.write_text("pool 0.00 0 0.00 10.00 20.00 30.00 40.00\\n")
+        >>> labels = read_kitti(txt)
+        >>> labels.chip_boxes, labels.classes
+        (tensor([[10., 20., 30., 40.]]), ('pool',))
     """
     path = Path(path)
     boxes, classes = [], []
@@ -200,10 +246,21 @@ def read_yolo(path: str | Path, image_width: int, image_height: int) -> ChipLabe
         image_height: chip height in pixels.
 
     Returns:
-        The chip's labels; class tokens are the class indices as written.
+        The chip's labels, boxes xyxy in chip pixels; class tokens are the class indices as
+        written. Boxes are not clipped to the chip.
 
     Raises:
-        LabelFormatError: a line that is not five numbers, or a box with no area.
+        LabelFormatError: a line that is not five numbers, or a box with no area or a
+            non-finite coordinate.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> txt = Path(tempfile.mkdtemp()) / "000000001.txt"
+        >>> _ = txt.write_text("0 0.5 0.5 0.25 0.5\\n")
+        >>> labels = read_yolo(txt, image_width=200, image_height=100)
+        >>> labels.chip_boxes, labels.classes
+        (tensor([[ 75.,  25., 125.,  75.]]), ('0',))
     """
     path = Path(path)
     boxes, classes = [], []
@@ -235,8 +292,22 @@ def read_yolo(path: str | Path, image_width: int, image_height: int) -> ChipLabe
 def read_yolo_class_names(root: str | Path) -> dict[str, str] | None:
     """Class names of a YOLO folder, from ``classes.txt`` or ``data.yaml``/``dataset.yaml``.
 
+    ``classes.txt`` (one name a line, blank lines skipped) wins over the YAML files; in
+    those, ``names`` may be a list or an ``{index: name}`` mapping.
+
+    Args:
+        root: the YOLO data folder.
+
     Returns:
         ``{index token: name}``, or None when the folder names no classes.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "classes.txt").write_text("pool\\ntree\\n")
+        >>> read_yolo_class_names(root)
+        {'0': 'pool', '1': 'tree'}
     """
     root = Path(root)
     classes_txt = root / "classes.txt"
@@ -267,7 +338,21 @@ def read_coco(path: str | Path) -> tuple[dict[str, ChipLabels], dict[str, str]]:
         without annotations are background chips. Class tokens are category ids.
 
     Raises:
-        LabelFormatError: invalid JSON, missing keys, or a bad ``bbox``.
+        LabelFormatError: invalid JSON, missing keys, or a bad ``bbox`` (COCO's
+            ``[x, y, width, height]`` in pixels, converted here to xyxy).
+
+    Examples:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "labels.json"
+        >>> _ = path.write_text(json.dumps({
+        ...     "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        ...     "annotations": [{"image_id": 1, "category_id": 3, "bbox": [10, 20, 5, 5]}],
+        ...     "categories": [{"id": 3, "name": "pool"}],
+        ... }))
+        >>> labels, names = read_coco(path)
+        >>> labels["a.png"].chip_boxes, len(labels["b.png"]), names
+        (tensor([[10., 20., 15., 25.]]), 0, {'3': 'pool'})
     """
     path = Path(path)
     try:
@@ -317,6 +402,16 @@ def write_voc(
         width: chip width in pixels.
         height: chip height in pixels.
         depth: number of bands.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> xml = Path(tempfile.mkdtemp()) / "000000001.xml"
+        >>> labels = ChipLabels.from_lists([[10, 20, 30, 40]], ["1"])
+        >>> write_voc(xml, labels, image_name="000000001.tif", width=256, height=256, depth=3)
+        >>> back = read_voc(xml)
+        >>> back.chip_boxes, back.classes
+        (tensor([[10., 20., 30., 40.]]), ('1',))
     """
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = image_name
@@ -335,7 +430,23 @@ def write_voc(
 
 
 def write_kitti(path: str | Path, labels: ChipLabels) -> None:
-    """Writes a KITTI label file: 15 fields a line, the 3-D ones zero."""
+    """Writes a KITTI label file: 15 fields a line, the 3-D ones zero.
+
+    Coordinates are written with two decimals (pixels); a chip without objects gives an
+    empty file.
+
+    Args:
+        path: the ``.txt`` file to write.
+        labels: boxes in chip pixels and their class tokens.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> txt = Path(tempfile.mkdtemp()) / "000000001.txt"
+        >>> write_kitti(txt, ChipLabels.from_lists([[10, 20, 30, 40]], ["1"]))
+        >>> txt.read_text()
+        '1 0.00 0 0.00 10.00 20.00 30.00 40.00 0.00 0.00 0.00 0.00 0.00 0.00 0.00\\n'
+    """
     lines = [
         f"{token} 0.00 0 0.00 {xmin:.2f} {ymin:.2f} {xmax:.2f} {ymax:.2f} "
         "0.00 0.00 0.00 0.00 0.00 0.00 0.00"
@@ -354,6 +465,12 @@ def clip_to_chip(labels: ChipLabels, width: int, height: int) -> tuple[ChipLabel
 
     Returns:
         ``(clipped labels, number of boxes clipped, number of boxes dropped)``.
+
+    Examples:
+        >>> labels = ChipLabels.from_lists([[-5, 10, 20, 30], [300, 0, 310, 5]], ["1", "2"])
+        >>> clipped, n_clipped, n_dropped = clip_to_chip(labels, width=256, height=256)
+        >>> clipped.chip_boxes, clipped.classes, n_clipped, n_dropped
+        (tensor([[ 0., 10., 20., 30.]]), ('1',), 1, 1)
     """
     boxes = labels.chip_boxes
     clipped = boxes.clone()

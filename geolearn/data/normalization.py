@@ -40,9 +40,20 @@ class Normalization:
     sees ``(x01 - mean) / std``.
 
     Attributes:
-        band_min, band_max: raw values mapped to 0 and 1, one per band.
-        mean, std: statistics of the scaled values, one per band.
+        band_min: raw value mapped to 0, one per band (the raster's units).
+        band_max: raw value mapped to 1, one per band.
+        mean: mean of the scaled [0, 1] values, one per band.
+        std: standard deviation of the scaled values, one per band.
         imagenet: True for 8-bit RGB (min 0, max 255, ImageNet mean/std).
+
+    Examples:
+        >>> norm = Normalization.for_rgb8()
+        >>> norm.n_bands, norm.imagenet
+        (3, True)
+        >>> norm.scale(torch.tensor([[[0, 255]], [[51, 510]], [[-3, 102]]]))
+        tensor([[[0.0000, 1.0000]],
+                [[0.2000, 1.0000]],
+                [[0.0000, 0.4000]]])
     """
 
     band_min: tuple[float, ...]
@@ -53,12 +64,34 @@ class Normalization:
 
     @classmethod
     def for_rgb8(cls) -> "Normalization":
-        """8-bit RGB: divide by 255, ImageNet statistics."""
+        """8-bit RGB: divide by 255, ImageNet statistics.
+
+        Returns:
+            Min 0 and max 255 for three bands, :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`.
+        """
         return cls((0.0,) * 3, (255.0,) * 3, IMAGENET_MEAN, IMAGENET_STD, True)
 
     @classmethod
     def from_band_stats(cls, stats: BandStats) -> "Normalization":
-        """Min-max scaling with the scaled mean/std derived from accumulated band statistics."""
+        """Min-max scaling with the scaled mean/std derived from accumulated band statistics.
+
+        ``mean = (stats.mean - min) / (max - min)`` and ``std = stats.std / (max - min)``; a
+        constant band (``max == min``) gets a span of 1e-6 instead of dividing by zero, and
+        ``std`` is at least 1e-6.
+
+        Args:
+            stats: per-band statistics of raw pixels.
+
+        Returns:
+            A normalisation with ``imagenet=False``.
+
+        Examples:
+            >>> import numpy as np
+            >>> stats = BandStats(1)
+            >>> stats.update(np.array([[[100, 300]]], dtype=np.uint16))
+            >>> Normalization.from_band_stats(stats)
+            Normalization(band_min=(100.0,), band_max=(300.0,), mean=(0.5,), std=(0.5,), imagenet=False)
+        """
         span = np.maximum(stats.maximum - stats.minimum, 1e-6)
         mean = (stats.mean - stats.minimum) / span
         std = np.maximum(stats.std / span, 1e-6)
@@ -72,15 +105,32 @@ class Normalization:
 
     @property
     def n_bands(self) -> int:
+        """Number of bands."""
         return len(self.band_min)
 
     def scale(self, raw: Tensor) -> Tensor:
-        """Raw ``Tensor[C, H, W]`` pixels → float32 in [0, 1], per band."""
+        """Scales raw pixels to [0, 1] per band: ``clip((raw - band_min) / (band_max - band_min), 0, 1)``.
+
+        Args:
+            raw: ``Tensor[C, H, W]`` raw pixel values, any numeric dtype, ``C == n_bands``.
+
+        Returns:
+            ``Tensor[C, H, W]`` float32 in [0, 1].
+        """
         low = torch.tensor(self.band_min, dtype=torch.float32)[:, None, None]
         high = torch.tensor(self.band_max, dtype=torch.float32)[:, None, None]
         return ((raw.float() - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form written to the cache file :data:`CACHE_FILE`.
+
+        Returns:
+            ``{"band_min", "band_max", "scaled_mean", "scaled_std", "imagenet"}``.
+
+        Examples:
+            >>> Normalization.from_json(Normalization.for_rgb8().to_json()) == Normalization.for_rgb8()
+            True
+        """
         return {
             "band_min": list(self.band_min),
             "band_max": list(self.band_max),
@@ -91,6 +141,17 @@ class Normalization:
 
     @classmethod
     def from_json(cls, content: dict[str, Any]) -> "Normalization":
+        """Rebuilds a normalisation from :meth:`to_json`'s form.
+
+        Args:
+            content: a dict with the keys :meth:`to_json` writes.
+
+        Returns:
+            The normalisation.
+
+        Raises:
+            KeyError: a key is missing.
+        """
         return cls(
             tuple(content["band_min"]),
             tuple(content["band_max"]),

@@ -19,6 +19,7 @@ from geolearn.data.folders import FolderData, read_folder
 from geolearn.data.normalization import Normalization, cached_sample_normalization
 from geolearn.data.transforms import default_batch_transforms
 from geolearn.errors import BandMismatchError, DataFolderError, NoChipsError
+from geolearn.viz import resolve_rgb_bands
 
 __all__ = ["prepare_data", "DetectionData", "split_indices", "resolve_rgb_bands"]
 
@@ -49,6 +50,9 @@ class DetectionData(DataLoaders):
         rgb_bands: 0-based bands (of the extracted ones) drawn as red, green, blue.
         cell_size: the export's cell size (``{x, y, spatialReference}``), when known.
         crs_wkt: the CRS of the exported raster, when known.
+
+    Examples:
+        See :func:`prepare_data`, which builds it.
     """
 
     @property
@@ -65,12 +69,16 @@ class DetectionData(DataLoaders):
         """Draws ``rows`` × ``rows`` augmented training chips with class-coloured labelled boxes.
 
         Args:
-            rows: chips per side of the grid.
-            alpha: box line opacity.
-            **kwargs: ``rgb_bands`` (0-based bands to show), ``figsize``.
+            rows: chips per side of the grid. Default 3.
+            alpha: box line opacity, 0–1. Default 1.
+            **kwargs: ``rgb_bands`` (0-based band indices or band names to show as red,
+                green, blue; default ``data.rgb_bands``), ``figsize`` (inches).
 
         Returns:
-            The matplotlib Figure.
+            The matplotlib Figure (not shown: display it in a notebook, or save it).
+
+        Raises:
+            ValueError: an ``rgb_bands`` name or index the data does not have.
         """
         from geolearn.viz import plot_chips
 
@@ -98,7 +106,7 @@ class DetectionData(DataLoaders):
 
     @property
     def class_colors(self) -> list[tuple[float, float, float]]:
-        """Colour per entry of ``classes`` (RGB in [0, 1]; background grey)."""
+        """Colour per entry of ``classes``: ``(r, g, b)`` in [0, 1], background grey."""
         by_name = {self.class_mapping[v]: c for v, c in self.color_mapping.items()}
         return [(0.5, 0.5, 0.5)] + [tuple(x / 255 for x in by_name[name]) for name in self.classes[1:]]
 
@@ -117,7 +125,15 @@ def split_indices(
             (stratification).
 
     Returns:
-        Sorted train indices and sorted valid indices.
+        Sorted train indices and sorted valid indices. When stratifying leaves either part
+        empty (groups too small), the split is redone without groups.
+
+    Examples:
+        >>> split_indices(10, 0.2, seed=42)
+        ([0, 1, 2, 3, 4, 7, 8, 9], [5, 6])
+        >>> train, valid = split_indices(4, 0.5, seed=0, groups=["pool", "pool", "tree", "tree"])
+        >>> len(valid)
+        2
     """
     rng = np.random.default_rng(seed)
     keys = list(groups) if groups is not None else [""] * n_items
@@ -133,35 +149,6 @@ def split_indices(
         return split_indices(n_items, valid_pct, seed)  # groups too small to stratify
     valid_set = set(valid)
     return [i for i in range(n_items) if i not in valid_set], sorted(valid)
-
-
-def resolve_rgb_bands(rgb_bands: Sequence[int | str] | None, band_names: Sequence[str] | None, n_bands: int) -> list[int]:
-    """0-based bands to draw as red, green, blue.
-
-    Args:
-        rgb_bands: indices or band names; None picks bands named red/green/blue, else the first three.
-        band_names: the data's band names, if known.
-        n_bands: how many bands the chips have.
-
-    Raises:
-        ValueError: a name not in ``band_names`` or an index out of range.
-    """
-    names = [n.lower() for n in band_names] if band_names else []
-    if rgb_bands is None:
-        if all(c in names for c in ("red", "green", "blue")):
-            return [names.index(c) for c in ("red", "green", "blue")]
-        return [0, 1, 2] if n_bands >= 3 else [0, 0, 0]
-    resolved = []
-    for band in rgb_bands:
-        if isinstance(band, str):
-            if band.lower() not in names:
-                raise ValueError(f"rgb_bands: band {band!r} is not among bands={list(band_names or [])}; name "
-                                 "the bands with bands=[...] or give 0-based indices.")
-            band = names.index(band.lower())
-        if not 0 <= int(band) < n_bands:
-            raise ValueError(f"rgb_bands: band index {band} is out of range for {n_bands}-band chips.")
-        resolved.append(int(band))
-    return resolved
 
 
 def _merge_classes(folders: Sequence[FolderData]) -> list[ClassInfo]:
@@ -264,23 +251,27 @@ def prepare_data(
             (classes are unioned).
         class_mapping: ``{value: name}``; with an Esri export it renames classes, without
             one it maps label tokens to names (objects of other tokens are dropped).
+            Default None.
         chip_size: side in pixels of the chips the network sees (random crop for training,
-            centre crop for validation; smaller chips are zero-padded).
-        val_split_pct: fraction of chips held out for validation (seeded, over the sorted list).
-        batch_size: chips per batch.
-        transforms: None for the defaults (dihedral flips, zoom, brightness, contrast),
+            centre crop for validation; smaller chips are zero-padded). Default 224.
+        val_split_pct: fraction (0–1) of chips held out for validation (seeded, over the
+            sorted list). Default 0.1.
+        batch_size: chips per batch. Default 64.
+        transforms: None (the default) for dihedral flips, zoom, brightness and contrast,
             False for none, a list of fastai batch transforms for training, or a
             ``(train, valid)`` tuple of such lists.
-        collate_fn: replaces fastai's ``bb_pad`` to build batches.
-        seed: seeds the split, the crops and the normalisation sample.
+        collate_fn: replaces fastai's ``bb_pad`` to build batches. Default None.
+        seed: seeds the split, the crops, the shuffle order and the normalisation sample.
+            Default 42.
         dataset_type: ``'PASCAL_VOC_rectangles'``, ``'KITTI_rectangles'``,
-            ``'COCO_rectangles'`` or ``'YOLO_rectangles'``; None detects it.
-        resize_to: squish every chip to this side (pixels) before cropping.
-        working_dir: where ``save()`` writes models (default: the data folder).
+            ``'COCO_rectangles'`` or ``'YOLO_rectangles'``; None (the default) detects it.
+        resize_to: squish every chip to this side (pixels) before cropping. Default None.
+        working_dir: where ``save()`` writes models. Default None: the (first) data folder.
         **kwargs: ``extract_bands`` (0-based bands to use), ``bands`` (band names, e.g.
             ``['red', 'green', 'blue', 'nir']``), ``rgb_bands`` (band indices or names to
-            draw), ``imagery_type`` (anything but ``'RGB'`` forces per-band normalisation), ``norm_pct`` (share of chips sampled for band statistics,
-            default 0.3), ``stratify`` (split per rarest class), ``num_workers`` (default 0),
+            draw), ``imagery_type`` (anything but ``'RGB'`` forces per-band normalisation),
+            ``norm_pct`` (share of chips sampled for band statistics, default 0.3),
+            ``stratify`` (split per rarest class), ``num_workers`` (default 0),
             ``valid_path`` (a folder used whole for validation), ``test_path`` (a folder read
             as ``data.test_ds``/``data.test_dl``), ``device``.
 
@@ -289,13 +280,29 @@ def prepare_data(
         ``chip_size``, ``train_ds``, ``valid_ds``, ``show_batch()``.
 
     Raises:
-        DataFolderError, NoChipsError, LabelFormatError, ImageReadError, BandMismatchError:
-            unusable data; the message names the file and the fix.
+        DataFolderError: a missing folder, ``images/`` or ``labels/``, an undetectable or
+            non-rectangle format, an empty ``path`` list, or folders whose class values
+            disagree.
+        NoChipsError: no chips, or none left for training after the validation split.
+        LabelFormatError: a malformed label or metadata file.
+        ImageReadError: an unreadable chip.
+        BandMismatchError: chips (or folders) with different band counts.
+        TypeError: an unknown keyword argument, ``extract_bands`` that are not integers, or
+            ``transforms`` of another kind than listed above.
+        ValueError: an ``rgb_bands`` name or index the data does not have.
 
-    Example:
-        >>> data = prepare_data("exports/pools", batch_size=16, chip_size=256)  # doctest: +SKIP
-        >>> data.classes  # doctest: +SKIP
-        ['background', 'pool', 'tree']
+    Examples:
+        >>> import tempfile
+        >>> from geolearn.data.export import export_training_data
+        >>> from geolearn.data.synthetic import make_scene
+        >>> scene = make_scene(tempfile.mkdtemp(), size=512, seed=0)
+        >>> chips = export_training_data(scene.raster, scene.labels, output_location=scene.raster.parent / "chips",
+        ...                              tile_size=128, stride_size=128, progress=False)
+        >>> data = prepare_data(chips, chip_size=128, batch_size=4)
+        >>> data.classes, data.class_mapping
+        (['background', 'pool', 'tree'], {1: 'pool', 2: 'tree'})
+        >>> len(data.train_ds), len(data.valid_ds), data.is_multispectral
+        (7, 1, False)
     """
     unknown = set(kwargs) - _KNOWN_KWARGS
     if unknown:

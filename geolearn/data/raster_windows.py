@@ -64,12 +64,16 @@ class RasterInfo:
 
     Attributes:
         path: the raster file.
-        width, height: size in pixels.
+        width: width in pixels.
+        height: height in pixels.
         count: number of bands.
         dtype: numpy dtype name of the bands (the first band's).
         transform: affine, raster pixels (edges) → map coordinates.
         crs: the coordinate reference system, or None.
         nodata: the nodata value, or None.
+
+    Examples:
+        See :func:`read_raster_info`, which returns it.
     """
 
     path: Path
@@ -85,8 +89,23 @@ class RasterInfo:
 def read_raster_info(path: str | Path) -> RasterInfo:
     """Reads a raster's header (no pixels).
 
+    Args:
+        path: the raster (anything rasterio opens).
+
+    Returns:
+        Its size, bands, dtype, affine transform, CRS and nodata value.
+
     Raises:
         ImageReadError: the file cannot be opened as a raster.
+
+    Examples:
+        >>> import tempfile
+        >>> from geolearn.data.synthetic import make_scene
+        >>> info = read_raster_info(make_scene(tempfile.mkdtemp(), size=256).raster)
+        >>> info.width, info.height, info.count, info.dtype, info.crs.to_epsg(), info.nodata
+        (256, 256, 3, 'uint8', 32633, 0.0)
+        >>> info.transform.a, info.transform.e  # pixel size in metres; rows run south
+        (0.3, -0.3)
     """
     path = Path(path)
     with open_image(path) as src:
@@ -107,6 +126,16 @@ def select_bands(info: RasterInfo, bands: Sequence[int] | None, n_bands: int | N
     Raises:
         BandMismatchError: a band the raster lacks, no band at all, or a band count other than
             ``n_bands``.
+
+    Examples:
+        >>> from affine import Affine
+        >>> info = RasterInfo(Path("scene.tif"), 256, 256, 4, "uint16", Affine.identity(), None, None)
+        >>> select_bands(info, None), select_bands(info, [2, 1, 0], n_bands=3)
+        ([0, 1, 2, 3], [2, 1, 0])
+        >>> select_bands(info, [4])
+        Traceback (most recent call last):
+        ...
+        geolearn.errors.BandMismatchError: scene.tif has 4 bands (0-based 0..3) but bands=[4] asks for [4]; ...
     """
     chosen = list(range(info.count)) if bands is None else [int(b) for b in bands]
     if not chosen:
@@ -138,6 +167,9 @@ class WindowBatch(NamedTuple):
             at least one selected band.
         windows_done: how many windows of the sequence have been considered (read or skipped)
             when this batch is complete — for progress bars.
+
+    Examples:
+        See :class:`WindowReader`, which yields it.
     """
 
     window_index: Tensor
@@ -163,23 +195,39 @@ class WindowReader:
     Args:
         path: the raster (anything rasterio opens: GeoTIFF, COG, VRT, ...).
         windows: ``(col_off, row_off, size)`` of each square window in raster pixels (any
-            sequence of triples, or an int array ``[N, 3]``); windows may reach past the raster.
-        bands: 0-based bands to read, or None for all.
-        batch_size: windows per batch (the last batch may hold fewer).
-        prefetch: batches read ahead of the consumer (the queue's bound).
-        n_bands: band count the consumer requires, checked up front; None: any.
+            sequence of triples, or an int array ``[N, 3]``), all of one size; windows may
+            reach past the raster.
+        bands: 0-based bands to read, or None (the default) for all. Keyword only.
+        batch_size: windows per batch (the last batch may hold fewer). Default 8.
+        prefetch: batches read ahead of the consumer (the queue's bound). Default 2.
+        n_bands: band count the consumer requires, checked up front; None (the default): any.
+
+    Attributes:
+        info: the raster's header.
+        bands: the 0-based bands read.
+        windows: ``int64[N, 3]`` the windows, ``(col_off, row_off, size)``.
+        windows_read: windows returned by the last (or current) iteration.
+        windows_skipped: windows skipped by it for having no valid pixel (or lying wholly
+            past the raster).
 
     Raises:
         ImageReadError: the raster cannot be opened (at construction) or read (while iterating).
         BandMismatchError: ``bands`` do not fit the raster, or their count is not ``n_bands``.
-        ValueError: a window that is not a positive-size triple, ``batch_size`` or ``prefetch`` < 1.
+        ValueError: a window that is not a positive-size triple, windows of different sizes,
+            ``batch_size`` or ``prefetch`` < 1.
 
-    Example:
-        >>> reader = WindowReader("scene.tif", [(0, 0, 512), (384, 0, 512)], batch_size=2)  # doctest: +SKIP
-        >>> for batch in reader:  # doctest: +SKIP
-        ...     run(batch.pixels)
-        >>> reader.windows_skipped  # doctest: +SKIP
-        0
+    Examples:
+        >>> import tempfile
+        >>> from geolearn.data.synthetic import make_scene
+        >>> raster = make_scene(tempfile.mkdtemp(), size=256).raster
+        >>> windows = [(0, 0, 128), (128, 0, 128), (200, 200, 128), (-500, 0, 128)]  # the last misses the raster
+        >>> reader = WindowReader(raster, windows, batch_size=2)
+        >>> for batch in reader:
+        ...     print(batch.window_index.tolist(), tuple(batch.pixels.shape), batch.pixels.dtype, batch.windows_done)
+        [0, 1] (2, 3, 128, 128) torch.uint8 2
+        [2] (1, 3, 128, 128) torch.uint8 4
+        >>> len(reader), reader.windows_read, reader.windows_skipped
+        (4, 3, 1)
     """
 
     def __init__(

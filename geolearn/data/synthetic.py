@@ -19,10 +19,11 @@ never holds the whole raster in memory. Every texture is a function of the
 global pixel position (hashed value noise), so the output does not depend on
 the block size, and the same arguments always give identical pixels and labels.
 
-Example:
+Examples:
+    >>> import tempfile
     >>> from geolearn.data.synthetic import make_scene
-    >>> files = make_scene("/tmp/scene", size=512, seed=1)  # doctest: +SKIP
-    >>> files.raster.name, files.labels.name  # doctest: +SKIP
+    >>> files = make_scene(tempfile.mkdtemp(), size=256, seed=1)
+    >>> files.raster.name, files.labels.name
     ('scene.tif', 'scene_labels.gpkg')
 """
 
@@ -191,7 +192,10 @@ def _poly_mask(xy: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray
 
     Args:
         xy: ``[N, 2]`` ring vertices (col, row) in pixel coordinates, not closed.
-        r0, r1, c0, c1: the pixel window.
+        r0: the window's first row.
+        r1: the row after its last.
+        c0: the window's first column.
+        c1: the column after its last.
 
     Returns:
         ``bool[r1 - r0, c1 - c0]``.
@@ -1246,6 +1250,9 @@ class SceneFiles:
         raster: the GeoTIFF.
         labels: GeoPackage of object polygons, in the raster's CRS.
         labels_4326: the same polygons in EPSG:4326 (longitude, latitude).
+
+    Examples:
+        See :func:`make_scene`, which returns it.
     """
 
     raster: Path
@@ -1281,20 +1288,24 @@ def make_scene(
     px long, tree crowns 8-45 px across) whatever ``pixel_size`` says;
     ``pixel_size``, ``origin`` and ``crs`` only georeference it.
 
+    Existing files of the same names are replaced.
+
     Args:
         out_dir: folder to write into (created if missing).
-        size: width and height in pixels.
-        seed: random seed; the same arguments give identical files' contents.
-        crs: a projected CRS (metres) for the raster and the labels.
-        pixel_size: ground size of a pixel in CRS units.
-        origin: map coordinates (x, y) of the raster's top-left corner.
-        bands: 3 (red, green, blue) or 4 (red, green, blue, near-infrared).
-        dtype: ``"uint8"`` (natural colour 1..255) or ``"uint16"`` (reflectance
-            x 10000, like a satellite product).
+        size: width and height in pixels, at least 64. Default 2560 (768 m at 0.3 m).
+        seed: random seed; the same arguments give identical files' contents. Default 0.
+        crs: a projected CRS (metres) for the raster and the labels. Default ``"EPSG:32633"``
+            (UTM zone 33N).
+        pixel_size: ground size of a pixel in CRS units (metres), > 0. Default 0.3.
+        origin: map coordinates (x, y) of the raster's top-left corner, CRS units.
+            Default ``(500000.0, 4650000.0)``.
+        bands: 3 (red, green, blue; the default) or 4 (red, green, blue, near-infrared).
+        dtype: ``"uint8"`` (natural colour 1..255; the default) or ``"uint16"``
+            (reflectance x 10000, like a satellite product).
         nodata_margin: surround the valid area with an irregular nodata (0)
             margin, like the edge of an orthophoto mosaic. Valid pixels are
-            never 0 in any band.
-        name: stem of the file names.
+            never 0 in any band. Default True.
+        name: stem of the file names. Default ``"scene"``.
 
     Returns:
         The paths of ``<name>.tif``, ``<name>_labels.gpkg`` and
@@ -1302,7 +1313,18 @@ def make_scene(
         (1 pool, 2 tree), ``Classname`` and the polygon ``geometry``.
 
     Raises:
-        ValueError: for an unsupported size, band count or dtype.
+        ValueError: a size that is not an integer >= 64, a band count other than 3 or 4, a
+            dtype other than ``"uint8"``/``"uint16"``, or a ``pixel_size`` <= 0.
+
+    Examples:
+        >>> import tempfile
+        >>> import geopandas as gpd, rasterio
+        >>> files = make_scene(tempfile.mkdtemp(), size=256, seed=1, bands=4, dtype="uint16")
+        >>> with rasterio.open(files.raster) as src:
+        ...     print(src.width, src.height, src.count, src.dtypes[0], src.crs, src.res)
+        256 256 4 uint16 EPSG:32633 (0.3, 0.3)
+        >>> sorted(gpd.read_file(files.labels)["Classname"].unique())
+        ['pool', 'tree']
     """
     import geopandas as gpd
     import pandas as pd

@@ -29,7 +29,7 @@ def normalize_size(value: int | Mapping[str, int] | tuple[int, int], name: str) 
     Raises:
         ValueError: anything else, or a size below 1.
 
-    Example:
+    Examples:
         >>> normalize_size({"x": 256, "y": 128}, "tile_size")
         (256, 128)
         >>> normalize_size(64, "stride_size")
@@ -69,7 +69,10 @@ def axis_offsets(size: int, tile: int, stride: int) -> list[int]:
     Returns:
         The chip offsets in pixels, increasing.
 
-    Example:
+    Raises:
+        ValueError: ``size``, ``tile`` or ``stride`` is below 1.
+
+    Examples:
         >>> axis_offsets(10, 4, 3)
         [0, 3, 6]
         >>> axis_offsets(11, 4, 3)
@@ -110,7 +113,7 @@ def chip_windows(
         ``Window(col_off, row_off, tile_x, tile_y)`` for every chip, top row first,
         left to right within a row.
 
-    Example:
+    Examples:
         >>> [(w.col_off, w.row_off) for w in chip_windows(6, 4, (4, 4), (2, 2))]
         [(0, 0), (2, 0)]
     """

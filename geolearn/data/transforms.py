@@ -53,12 +53,22 @@ def crop(
         image: ``Tensor[C, H, W]``.
         chip_boxes: ``Tensor[N, 4]`` xyxy in the chip's pixels.
         labels: ``Tensor[N]`` class indices.
-        top, left: the crop's origin in pixels.
-        height, width: the crop's size in pixels (within the image).
+        top: the crop's first row, pixels.
+        left: the crop's first column, pixels.
+        height: the crop's height in pixels (the crop must lie within the image).
+        width: the crop's width in pixels.
 
     Returns:
-        ``(image[C, height, width], boxes in the crop's pixels, labels)``; a box is kept
-        when at least :data:`MIN_VISIBLE_FRACTION` of its area lies inside the crop.
+        ``(image[C, height, width], Tensor[M, 4] boxes in the crop's pixels, clipped to it,
+        Tensor[M] labels)``; a box is kept when at least :data:`MIN_VISIBLE_FRACTION` of
+        its area lies inside the crop.
+
+    Examples:
+        >>> image = torch.zeros(3, 10, 10)
+        >>> chip_boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0], [7.0, 7.0, 10.0, 10.0]])
+        >>> out, boxes, labels = crop(image, chip_boxes, torch.tensor([1, 2]), top=0, left=3, height=6, width=6)
+        >>> out.shape, boxes, labels
+        (torch.Size([3, 6, 6]), tensor([[0., 2., 3., 6.]]), tensor([1]))
     """
     out = image[:, top : top + height, left : left + width]
     shifted = chip_boxes - chip_boxes.new_tensor([left, top, left, top])
@@ -81,7 +91,22 @@ def crop(
 def pad_to(image: Tensor, height: int, width: int) -> Tensor:
     """Pads a chip with zeros at the bottom and right to at least ``height`` × ``width``.
 
-    Boxes are unchanged: the origin stays put.
+    Boxes are unchanged: the origin stays put. A chip already that large is returned as is.
+
+    Args:
+        image: ``Tensor[C, H, W]``.
+        height: minimum height, pixels.
+        width: minimum width, pixels.
+
+    Returns:
+        ``Tensor[C, max(H, height), max(W, width)]``.
+
+    Examples:
+        >>> pad_to(torch.ones(1, 2, 3), height=4, width=2)[0]
+        tensor([[1., 1., 1.],
+                [1., 1., 1.],
+                [0., 0., 0.],
+                [0., 0., 0.]])
     """
     pad_h, pad_w = max(height - image.shape[1], 0), max(width - image.shape[2], 0)
     if pad_h == 0 and pad_w == 0:
@@ -92,13 +117,20 @@ def pad_to(image: Tensor, height: int, width: int) -> Tensor:
 def resize(image: Tensor, chip_boxes: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """Resizes (squishes) a chip to ``size`` × ``size`` and scales its boxes alike.
 
+    Bilinear interpolation; the aspect ratio is not kept.
+
     Args:
         image: ``Tensor[C, H, W]`` float.
         chip_boxes: ``Tensor[N, 4]`` xyxy chip pixels.
         size: the new side in pixels.
 
     Returns:
-        ``(Tensor[C, size, size], boxes in the new pixels)``.
+        ``(Tensor[C, size, size], Tensor[N, 4] boxes in the new pixels)``.
+
+    Examples:
+        >>> out, boxes = resize(torch.zeros(3, 100, 50), torch.tensor([[10.0, 10.0, 20.0, 50.0]]), 200)
+        >>> out.shape, boxes
+        (torch.Size([3, 200, 200]), tensor([[ 40.,  20.,  80., 100.]]))
     """
     height, width = image.shape[1:]
     out = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
@@ -107,14 +139,45 @@ def resize(image: Tensor, chip_boxes: Tensor, size: int) -> tuple[Tensor, Tensor
 
 
 def random_crop_origin(height: int, width: int, size: int, generator: torch.Generator) -> tuple[int, int]:
-    """A uniformly random ``(top, left)`` for a ``size`` crop of a ``height`` × ``width`` chip."""
+    """A uniformly random ``(top, left)`` for a ``size`` crop of a ``height`` × ``width`` chip.
+
+    Args:
+        height: chip height, pixels (>= ``size``).
+        width: chip width, pixels (>= ``size``).
+        size: side of the square crop, pixels.
+        generator: the random generator to draw from (seeded for reproducible crops).
+
+    Returns:
+        ``(top, left)`` in pixels, each in ``[0, side - size]``.
+
+    Raises:
+        RuntimeError: the chip is smaller than ``size`` (pad it first with :func:`pad_to`).
+
+    Examples:
+        >>> top, left = random_crop_origin(10, 10, 8, torch.Generator().manual_seed(0))
+        >>> 0 <= top <= 2 and 0 <= left <= 2
+        True
+    """
     top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
     left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
     return top, left
 
 
 def center_crop_origin(height: int, width: int, size: int) -> tuple[int, int]:
-    """The ``(top, left)`` of a centred ``size`` crop."""
+    """The ``(top, left)`` of a centred ``size`` crop of a ``height`` × ``width`` chip.
+
+    Args:
+        height: chip height, pixels.
+        width: chip width, pixels.
+        size: side of the square crop, pixels.
+
+    Returns:
+        ``((height - size) // 2, (width - size) // 2)`` in pixels.
+
+    Examples:
+        >>> center_crop_origin(10, 13, 8)
+        (1, 2)
+    """
     return (height - size) // 2, (width - size) // 2
 
 
@@ -125,11 +188,24 @@ class ClipBoxes(Transform):
     [-1, 1] when the object leaves the chip. Boxes with less than
     :data:`MIN_VISIBLE_FRACTION` of their area left in view become padding
     (zero box, label 0), the same as fastai's ``bb_pad`` padding.
+
+    It runs at ``order = 50``: after fastai's affine (30) and lighting (40) transforms,
+    before ``Normalize`` (99).
+
+    Examples:
+        >>> clip = ClipBoxes()
+        >>> boxes = TensorBBox(torch.tensor([[[0.5, 0.5, 1.5, 1.5], [0.9, 0.9, 1.9, 1.9]]]))
+        >>> clip(boxes)
+        TensorBBox([[[0.5000, 0.5000, 1.0000, 1.0000],
+                     [0.0000, 0.0000, 0.0000, 0.0000]]])
+        >>> clip(TensorMultiCategory(torch.tensor([[1, 1]])))
+        TensorMultiCategory([[1, 0]])
     """
 
     order = 50  # after fastai's affine (30) and lighting (40) transforms, before Normalize (99)
 
     def encodes(self, boxes: TensorBBox) -> TensorBBox:
+        """Clips ``TensorBBox[B, N, 4]`` (xyxy in [-1, 1]) to the chip; lost boxes become zeros."""
         plain = boxes.as_subclass(Tensor)  # plain tensors: fastai's types refuse mixed-type ops
         clipped = plain.clamp(-1, 1)
         area = (plain[..., 2] - plain[..., 0]) * (plain[..., 3] - plain[..., 1])
@@ -138,6 +214,7 @@ class ClipBoxes(Transform):
         return TensorBBox(clipped.masked_fill(self._lost[..., None], 0.0), img_size=getattr(boxes, "img_size", None))
 
     def encodes(self, labels: TensorMultiCategory) -> TensorMultiCategory:  # noqa: F811 (fastai dispatches on type)
+        """Sets the labels of the boxes the last box call lost to 0 (padding)."""
         # The tuple's boxes come before its labels, so _lost belongs to this batch.
         lost = getattr(self, "_lost", None)
         if lost is None or lost.shape != labels.shape:
@@ -151,6 +228,14 @@ def default_batch_transforms() -> list[Transform]:
     Any of the 8 dihedral orientations (north has no meaning for an object seen
     from above), zoom 0.8–1.25 with zero padding (reflection padding would mirror
     objects into the chip without labels), and mild brightness/contrast changes.
+
+    Returns:
+        ``[Dihedral(p=1), Zoom(0.8–1.25, p=0.5, zero padding), Brightness(0.2, p=0.75),
+        Contrast(0.2, p=0.75), ClipBoxes()]``: fresh instances at each call.
+
+    Examples:
+        >>> [type(t).__name__ for t in default_batch_transforms()]
+        ['Dihedral', 'Zoom', 'Brightness', 'Contrast', 'ClipBoxes']
     """
     return [
         Dihedral(p=1.0),

@@ -97,7 +97,7 @@ MODEL_ARGUMENTS: dict[str, tuple[Callable[[Any], Any], str]] = {
                                       "twice it); default chip_size // 8")),
     "threshold": (float, "minimum confidence in [0, 1] of a kept detection; default 0.5"),
     "nms_overlap": (float, "IoU above which the weaker of two detections of a class is dropped; default 0.1"),
-    "batch_size": (_parse_int, "windows per forward pass; default 8"),
+    "batch_size": (_parse_int, "windows per forward pass; default 2 on a CPU, 8 on a GPU"),
     "exclude_pad_detections": (_parse_bool, "drop detections cut by a window edge; default True"),
     "merge": (_parse_str, "cross-window merge: 'nms' (default) or 'greedy' (joins pieces of large objects)"),
     "class_agnostic": (_parse_bool, "suppress and join overlapping detections whatever their class; default False"),
@@ -408,7 +408,7 @@ def detect_objects(
         OutputExistsError: ``output_name`` exists and ``overwrite`` is False (checked before detecting).
         CRSMismatchError: rasters with and without a CRS together.
 
-    Example:
+    Examples:
         >>> detect_objects("tiles/*.tif", "model/trees.dlpk", {"threshold": 0.4, "padding": 64},
         ...                output_name="trees.gpkg", max_overlap_ratio=0.5)  # doctest: +SKIP
     """

@@ -1,5 +1,8 @@
 """Average precision over a DataLoader: the epoch column and ``average_precision_score``.
 
+The epoch column is :class:`geolearn.learn.callbacks.AveragePrecisionMetric` (a fastai metric);
+this module stays free of fastai, for models that only predict.
+
 Both use the same steps — the model's raw output → :func:`geolearn.models.postprocess.detect`
 (score threshold, NMS) → :func:`geolearn.metrics.average_precision` — so the number
 printed after each epoch is the number the method returns.
@@ -7,18 +10,16 @@ printed after each epoch is the number the method returns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from fastai.learner import Metric
 from torch import Tensor
 
 from geolearn.data.boxes import unit_to_pixel
-from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.models.postprocess import detect
 
-__all__ = ["DetectionSettings", "batch_targets", "batch_detections", "AveragePrecisionMetric"]
+__all__ = ["DetectionSettings", "batch_targets", "batch_detections", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,17 @@ class DetectionSettings:
     Attributes:
         anchors: ``Tensor[A, 4]`` the model's anchors, (cy, cx, h, w) in [-1, 1].
         chip_size: side of the chips, pixels.
-        detect_thresh: minimum score of a detection.
-        nms_overlap: IoU above which NMS suppresses the weaker of two detections.
-        iou_thresh: IoU a detection needs with its ground truth to count as found.
+        detect_thresh: scores must exceed this to count as detections, 0–1. Default 0.5.
+        nms_overlap: IoU above which NMS suppresses the weaker of two detections, 0–1.
+            Default 0.1.
+        iou_thresh: IoU a detection needs with its ground truth to count as found, 0–1.
+            Default 0.1 (arcgis-style AP@0.1).
+
+    Examples:
+        >>> from geolearn.models.anchors import make_anchors
+        >>> settings = DetectionSettings(make_anchors(64), chip_size=64)
+        >>> settings.detect_thresh, settings.nms_overlap, settings.iou_thresh
+        (0.5, 0.1, 0.1)
     """
 
     anchors: Tensor
@@ -41,7 +50,22 @@ class DetectionSettings:
 
 
 def batch_targets(unit_boxes: Tensor, labels: Tensor, chip_size: int) -> list[tuple[Tensor, Tensor]]:
-    """fastai batch targets → per chip ``(chip_boxes xyxy pixels, labels)``, padding removed."""
+    """fastai batch targets → per chip ``(chip_boxes xyxy pixels, labels)``, padding removed.
+
+    Args:
+        unit_boxes: ``[B, N, 4]`` xyxy in [-1, 1] (fastai's ``TensorBBox`` or a plain tensor).
+        labels: ``[B, N]`` class indices 1..C, 0 for padding.
+        chip_size: side of the chips, pixels.
+
+    Returns:
+        Per chip, ``(Tensor[M, 4] float32 xyxy in chip pixels, Tensor[M] labels)`` on the CPU,
+        the format :func:`geolearn.metrics.average_precision` takes.
+
+    Examples:
+        >>> unit_boxes = torch.tensor([[[-1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # a box, then padding
+        >>> batch_targets(unit_boxes, torch.tensor([[1, 0]]), chip_size=64)
+        [(tensor([[ 0.,  0., 32., 32.]]), tensor([1]))]
+    """
     unit_boxes, labels = unit_boxes.as_subclass(Tensor), labels.as_subclass(Tensor)
     out = []
     for boxes, lbls in zip(unit_boxes, labels):
@@ -51,7 +75,25 @@ def batch_targets(unit_boxes: Tensor, labels: Tensor, chip_size: int) -> list[tu
 
 
 def batch_detections(output: Sequence[Tensor], settings: DetectionSettings) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Raw model output → per chip ``(chip_boxes, labels, scores)`` above the threshold, after NMS."""
+    """Raw model output → per chip ``(chip_boxes, labels, scores)`` above the threshold, after NMS.
+
+    Args:
+        output: ``[cls_logits [B, A, C], box_deltas [B, A, 4]]``, the network's outputs (cast
+            to float32 here).
+        settings: anchors, chip size, ``detect_thresh`` and ``nms_overlap``.
+
+    Returns:
+        Per chip, ``(Tensor[K, 4] float32 xyxy in chip pixels, Tensor[K] labels 1..C,
+        Tensor[K] scores)`` on the CPU, best first.
+
+    Examples:
+        >>> from geolearn.models.anchors import make_anchors
+        >>> settings = DetectionSettings(make_anchors(64), chip_size=64)
+        >>> cls_logits = torch.full((1, len(settings.anchors), 2), -10.0)
+        >>> cls_logits[0, 5, 0] = 3.0  # one confident anchor, class 1
+        >>> batch_detections([cls_logits, torch.zeros(1, len(settings.anchors), 4)], settings)
+        [(tensor([[ 0.0000,  0.0000, 14.0794, 14.0794]]), tensor([1]), tensor([0.9526]))]
+    """
     detections = detect(
         [o.float() for o in output],
         settings.anchors.to(output[0].device),
@@ -62,40 +104,34 @@ def batch_detections(output: Sequence[Tensor], settings: DetectionSettings) -> l
     return [(d.chip_boxes.cpu(), d.labels.cpu(), d.scores.cpu()) for d in detections]
 
 
-@dataclass
-class AveragePrecisionMetric(Metric):
-    """fastai metric: mean arcgis-style AP over the validation set (CONTRACT §5).
-
-    Its column is named ``average_precision``; classes without ground truth in the
-    validation set are left out of the mean.
-    """
-
-    settings: DetectionSettings
-    predictions: list = field(default_factory=list)
-    targets: list = field(default_factory=list)
-
-    def reset(self) -> None:
-        self.predictions, self.targets = [], []
-
-    def accumulate(self, learn) -> None:
-        unit_boxes, labels = learn.yb
-        self.predictions += batch_detections(learn.pred, self.settings)
-        self.targets += batch_targets(unit_boxes, labels, self.settings.chip_size)
-
-    @property
-    def value(self) -> float:
-        ap = average_precision(self.predictions, self.targets, iou_thresh=self.settings.iou_thresh)
-        return mean_average_precision(ap)
-
-    @property
-    def name(self) -> str:
-        return "average_precision"
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, settings: DetectionSettings, autocast_dtype: torch.dtype | None,
              progress: bool = True) -> tuple[list, list]:
-    """Runs ``model`` over ``loader``; returns per-chip detections and targets."""
+    """Runs ``model`` over ``loader``; returns per-chip detections and targets.
+
+    Gradients are off; the model is put in eval mode and left there.
+
+    Args:
+        model: the network, ``images [B, C, S, S]`` → ``[cls_logits, box_deltas]``.
+        loader: batches ``(images, unit_boxes [B, N, 4] xyxy in [-1, 1], labels [B, N])``, as
+            fastai's validation DataLoader yields them; images are moved to the model's device.
+        settings: anchors, chip size, ``detect_thresh`` and ``nms_overlap``.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run under autocast; None: float32.
+        progress: show a fastprogress bar over the batches. Default True.
+
+    Returns:
+        ``(predictions, targets)``: per chip, :func:`batch_detections`'s and
+        :func:`batch_targets`'s tuples, the arguments of :func:`geolearn.metrics.average_precision`.
+
+    Examples:
+        >>> from geolearn.models.anchors import make_anchors
+        >>> from geolearn.models.retinanet import build_retinanet
+        >>> model = build_retinanet("resnet18", n_classes=2, pretrained=False)
+        >>> loader = [(torch.zeros(2, 3, 64, 64), torch.tensor([[[-1.0, -1.0, 0.0, 0.0]]] * 2), torch.tensor([[1]] * 2))]
+        >>> predictions, targets = evaluate(model, loader, DetectionSettings(make_anchors(64), 64), None, progress=False)
+        >>> len(predictions), predictions[0][0].shape, targets[0]  # an untrained network finds nothing
+        (2, torch.Size([0, 4]), (tensor([[ 0.,  0., 32., 32.]]), tensor([1])))
+    """
     from fastprogress.fastprogress import progress_bar
 
     model.eval()

@@ -24,8 +24,8 @@ Decisions, each one deliberate:
   the wrong type is an error even where a missing one would be defaulted: a wrong value is a
   broken file, not an old one.
 - **.dlpk extraction** (:func:`resolve_model`): into a cache folder named after the archive's
-  SHA-256 (``$GEOLEARN_CACHE_DIR``, else ``$XDG_CACHE_HOME/geolearn``, else
-  ``~/.cache/geolearn``), never next to the user's files. Extraction goes to a temporary
+  SHA-256 (under ``$GEOLEARN_CACHE_DIR/dlpk``, else ``$XDG_CACHE_HOME/geolearn/dlpk``, else
+  ``~/.cache/geolearn/dlpk``), never next to the user's files. Extraction goes to a temporary
   sibling that is renamed into place, so a cache folder that exists is complete and is reused.
   Every entry is checked *before* anything is written: absolute paths, ``..`` components,
   symbolic links and special files are refused.
@@ -122,7 +122,8 @@ class ModelDefinition:
         path: the ``.emd`` file.
         model_file: the weights file (``ModelFile`` resolved against the EMD's folder).
         backbone: e.g. ``'resnet50'``.
-        scales, ratios: anchor scales and height/width ratios.
+        scales: anchor scales.
+        ratios: anchor height/width ratios.
         classes: object classes (no background), in file order.
         chip_size: side of the square training chips, pixels.
         extract_bands: 0-based bands of the imagery the model reads.
@@ -137,6 +138,9 @@ class ModelDefinition:
         crs_wkt: CRS of the training data (WKT), when known.
         geolearn: the EMD's ``"geolearn"`` object (``{}`` in arcgis.learn's EMDs).
         emd: the EMD as read.
+
+    Examples:
+        See :func:`read_emd`, which returns it.
     """
 
     path: Path
@@ -166,6 +170,7 @@ class ModelDefinition:
 
     @property
     def written_by_geolearn(self) -> bool:
+        """Whether the EMD has a non-empty ``"geolearn"`` object (geolearn wrote it)."""
         return bool(self.geolearn)
 
 
@@ -279,36 +284,51 @@ def build_emd(
     geolearn needs (its normalisation, anchors, chip size, GSD and CRS of the training data,
     band count and names, and ``extras``) sits under the one ``"geolearn"`` key.
 
+    All arguments are keyword only.
+
     Args:
         model_file: the weights' file name (``'<name>.pth'``), relative to the EMD.
         backbone: backbone name, e.g. ``'resnet50'``.
-        scales, ratios: anchor scales and height/width ratios.
+        scales: anchor scales (positive numbers).
+        ratios: anchor height/width ratios (positive numbers).
         classes: object classes (no background).
         chip_size: side of the square training chips, pixels.
         extract_bands: 0-based bands of the imagery the model reads.
-        learning_rate: the last learning rate (a slice counts as its top), or None.
-        resize_to: side chips were resized to before cropping, or None.
-        is_multispectral: False for 8-bit RGB with ImageNet statistics.
+        learning_rate: the last learning rate (a slice counts as its top), or None (the default).
+        resize_to: side chips were resized to before cropping, pixels, or None (the default).
+        is_multispectral: False (the default) for 8-bit RGB with ImageNet statistics.
         normalization: the data's :class:`Normalization` (or its ``to_json()`` dict); required
-            for multispectral models; None means ImageNet statistics of 8-bit RGB.
-        average_precision: ``{class name: AP}``, or None when not computed.
+            for multispectral models; None (the default) means ImageNet statistics of 8-bit RGB.
+        average_precision: ``{class name: AP}``, or None (the default) when not computed.
         cell_size: pixel size of the training data in CRS units (or the export EMD's
-            ``MinCellSize`` object), None when unknown.
-        crs_wkt: CRS of the training data as WKT, None when unknown.
-        extras: more entries for the ``"geolearn"`` object (not its reserved keys).
+            ``MinCellSize`` object), None (the default) when unknown.
+        crs_wkt: CRS of the training data as WKT, None (the default) when unknown.
+        extras: more entries for the ``"geolearn"`` object (not its reserved keys). Default None.
         n_bands: input bands; default ``len(extract_bands)``.
-        band_names: band names, when known.
+        band_names: band names, when known. Default None.
         imagery_type: arcgis.learn's ``imagery_type`` for multispectral models (default ``'ms'``).
-        image_space_used: ``'MAP_SPACE'`` or ``'PIXEL_SPACE'`` (the export's reference system).
+        image_space_used: ``'MAP_SPACE'`` (the default) or ``'PIXEL_SPACE'`` (the export's
+            reference system).
         inference_function: the Pro raster function. arcgis.learn writes ``'ArcGISObjectDetector.py'``
-            and puts its script next to the EMD; :data:`PRO_INFERENCE_FUNCTION` points Pro at
-            its own copy instead, for folders without the script.
+            (the default, :data:`INFERENCE_FUNCTION`) and puts its script next to the EMD;
+            :data:`PRO_INFERENCE_FUNCTION` points Pro at its own copy instead, for folders
+            without the script.
 
     Returns:
         The EMD as a JSON-serialisable dict (keys in arcgis.learn's order).
 
     Raises:
         ValueError: an argument that would make an EMD no reader accepts.
+
+    Examples:
+        >>> from geolearn.data.esri import ClassInfo
+        >>> emd = build_emd(model_file="pools.pth", backbone="resnet50", scales=[1.0, 0.5], ratios=[1.0],
+        ...                 classes=[ClassInfo(1, "pool", (0, 168, 132))], chip_size=256,
+        ...                 extract_bands=[0, 1, 2], learning_rate=slice(1e-4, 1e-3))
+        >>> emd["ModelFile"], emd["ImageHeight"], emd["LearningRate"], emd["ModelParameters"]["scales"]
+        ('pools.pth', 256, '1.0000e-03', [1.0, 0.5])
+        >>> emd["Classes"]
+        [{'Value': 1, 'Name': 'pool', 'Color': [0, 168, 132]}]
     """
     if not model_file or Path(model_file).name != model_file:
         raise ValueError(f"model_file={model_file!r}: give the weights' file name relative to the EMD, e.g. 'pools.pth'.")
@@ -542,7 +562,8 @@ def read_emd(path: str | Path, *, require_model_file: bool = True) -> ModelDefin
 
     Args:
         path: the ``.emd`` file.
-        require_model_file: the weights file ``ModelFile`` names must exist.
+        require_model_file: the weights file ``ModelFile`` names must exist. Default True.
+            Keyword only.
 
     Returns:
         The normalised :class:`ModelDefinition`.
@@ -551,6 +572,18 @@ def read_emd(path: str | Path, *, require_model_file: bool = True) -> ModelDefin
         FileNotFoundError: the EMD, or the weights it names, do not exist.
         ModelDefinitionError: not JSON, a required key missing, a key with the wrong type, or a
             model that is not a RetinaNet.
+
+    Examples:
+        >>> import tempfile
+        >>> from geolearn.data.esri import ClassInfo
+        >>> emd = build_emd(model_file="pools.pth", backbone="resnet18", scales=[1.0], ratios=[1.0],
+        ...                 classes=[ClassInfo(1, "pool", (0, 168, 132))], chip_size=256, extract_bands=[0, 1, 2])
+        >>> folder = save_package(Path(tempfile.mkdtemp()) / "pools", "pools", state_dict={"w": torch.zeros(2)}, emd=emd)
+        >>> definition = read_emd(folder / "pools.emd")
+        >>> definition.backbone, definition.chip_size, definition.class_mapping, definition.model_file.name
+        ('resnet18', 256, {1: 'pool'}, 'pools.pth')
+        >>> definition.normalization.imagenet, definition.learning_rate
+        (True, None)
     """
     path = Path(path)
     if not path.is_file():
@@ -775,8 +808,10 @@ def resolve_model(path: str | Path, *, extract_dir: str | Path | None = None) ->
 
     Args:
         path: a ``.emd``, a folder holding exactly one ``.emd``, or a ``.dlpk``.
-        extract_dir: where ``.dlpk`` archives are extracted (a subfolder per archive); default
-            the user cache (``$GEOLEARN_CACHE_DIR``, else ``~/.cache/geolearn``), see the module doc.
+        extract_dir: where ``.dlpk`` archives are extracted (a subfolder per archive, named
+            after the archive and its SHA-256, reused when present). Default None: the user cache
+            (``$GEOLEARN_CACHE_DIR/dlpk``, else ``$XDG_CACHE_HOME/geolearn/dlpk``, else
+            ``~/.cache/geolearn/dlpk``). Keyword only.
 
     Returns:
         ``(emd path, its folder)``.
@@ -784,6 +819,18 @@ def resolve_model(path: str | Path, *, extract_dir: str | Path | None = None) ->
     Raises:
         FileNotFoundError: the path does not exist, or holds no ``.emd``.
         ModelDefinitionError: several ``.emd`` files, an unsafe or damaged ``.dlpk``, or another kind of file.
+
+    Examples:
+        >>> import tempfile
+        >>> from geolearn.data.esri import ClassInfo
+        >>> emd = build_emd(model_file="pools.pth", backbone="resnet18", scales=[1.0], ratios=[1.0],
+        ...                 classes=[ClassInfo(1, "pool", (0, 168, 132))], chip_size=256, extract_bands=[0, 1, 2])
+        >>> folder = save_package(Path(tempfile.mkdtemp()) / "pools", "pools", state_dict={"w": torch.zeros(2)}, emd=emd)
+        >>> resolve_model(folder) == (folder / "pools.emd", folder)
+        True
+        >>> emd_path, extracted = resolve_model(folder / "pools.dlpk", extract_dir=folder.parent / "cache")
+        >>> emd_path.name, extracted.parent == folder.parent / "cache"
+        ('pools.emd', True)
     """
     path = Path(path)
     if not path.exists():
@@ -812,9 +859,22 @@ def load_state_dict(pth_path: str | Path) -> dict[str, Tensor]:
     Accepts the two forms arcgis.learn writes: a plain state_dict, or exactly
     ``{'model': state_dict, 'opt': optimizer state}``.
 
+    Args:
+        pth_path: the ``.pth`` file.
+
+    Returns:
+        The state_dict, ``{parameter name: tensor}`` on the CPU (the optimizer state is dropped).
+
     Raises:
         FileNotFoundError: no such file.
         ModelDefinitionError: a file that needs unsafe unpickling, is damaged, or holds something else.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "pools.pth"
+        >>> torch.save({"model": {"w": torch.ones(2)}, "opt": {}}, path)  # arcgis.learn's form with optimizer
+        >>> load_state_dict(path)
+        {'w': tensor([1., 1.])}
     """
     path = Path(pth_path)
     if not path.is_file():
@@ -1045,21 +1105,41 @@ def save_package(
         state_dict: the network's weights (moved to the CPU in the file).
         emd: the model definition (:func:`build_emd`); its ``ModelFile`` is set to ``<name>.pth``.
         optimizer_state: with it the ``.pth`` is exactly ``{'model': ..., 'opt': ...}``.
+            Default None: a plain state_dict.
         figures: matplotlib Figures by name; ``'loss_graph'`` and ``'show_results'`` are what
-            arcgis.learn writes, each saved as ``ModelCharacteristics/<key>.png`` and embedded
-            in ``model_metrics.html``; absent or None ones are skipped.
+            arcgis.learn writes, each saved as ``ModelCharacteristics/<key>.png`` (100 dpi) and
+            embedded in ``model_metrics.html``; absent or None ones are skipped. Default None.
         metrics: more rows for the metrics page (e.g. ``{'epochs': 10, 'valid_loss': 0.41}``).
+            Default None.
         overwrite: replace an existing model folder (see the module doc for which folders).
+            Default True.
         extra_files: more files for the package, ``{relative path: bytes or source path}``
-            (e.g. TorchScript files); they go into the folder and the ``.dlpk``.
+            (e.g. TorchScript files); they go into the folder and the ``.dlpk``. Default None.
+
+    ``state_dict`` and everything after it are keyword only.
 
     Returns:
-        ``folder``.
+        ``folder``, as a ``Path``.
 
     Raises:
         OutputExistsError: ``folder`` exists and ``overwrite`` is False, or it holds files that
             are not part of a model package.
-        ValueError: a bad name, state_dict or figure key.
+        ValueError: a bad name, state_dict, figure key or ``extra_files`` path, an
+            ``optimizer_state`` that ``torch.load(weights_only=True)`` would refuse, or an
+            ``emd`` holding NaN or infinity (not JSON).
+
+    Examples:
+        >>> import tempfile
+        >>> from geolearn.data.esri import ClassInfo
+        >>> emd = build_emd(model_file="pools.pth", backbone="resnet18", scales=[1.0], ratios=[1.0],
+        ...                 classes=[ClassInfo(1, "pool", (0, 168, 132))], chip_size=256, extract_bands=[0, 1, 2])
+        >>> folder = save_package(Path(tempfile.mkdtemp()) / "pools", "pools", state_dict={"w": torch.zeros(2)}, emd=emd)
+        >>> sorted(p.name for p in folder.iterdir())
+        ['model_metrics.html', 'pools.dlpk', 'pools.emd', 'pools.pth']
+        >>> save_package(folder, "pools", state_dict={"w": torch.ones(2)}, emd=emd, overwrite=False)
+        Traceback (most recent call last):
+        ...
+        geolearn.errors.OutputExistsError: ...pools: already holds a saved model; pass overwrite=True or save under another name.
     """
     folder = Path(folder)
     if not isinstance(name, str) or not _NAME.match(name) or name.endswith("."):

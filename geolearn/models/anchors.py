@@ -64,6 +64,10 @@ def level_sizes(chip_size: int) -> list[int]:
 
     Returns:
         Five grid sides, P3 first.
+
+    Examples:
+        >>> level_sizes(256), level_sizes(224)
+        ([32, 16, 8, 4, 2], [28, 14, 7, 4, 2])
     """
     n = chip_size
     for _ in range(3):
@@ -101,12 +105,20 @@ def make_anchors(
 
     Args:
         chip_size: side of the chip in pixels.
-        scales: anchor sizes relative to 4 cells (1 → 32 px at P3 on any chip).
-        ratios: anchor aspect ratios ``h / w``.
+        scales: anchor sizes relative to 4 cells (1 → 32 px at P3 on any chip). Default
+            :data:`DEFAULT_SCALES`, ``(1, 2^(-1/3), 2^(-2/3))``.
+        ratios: anchor aspect ratios ``h / w``. Default :data:`DEFAULT_RATIOS`, ``(0.5, 1, 2)``.
 
     Returns:
         ``Tensor[A, 4]`` float32 (cy, cx, h, w) in [-1, 1], with
         ``A = len(scales) · len(ratios) · Σ n²``.
+
+    Examples:
+        >>> make_anchors(256).shape  # 9 anchors × (32² + 16² + 8² + 4² + 2²) cells
+        torch.Size([12276, 4])
+        >>> make_anchors(64, scales=(1.0,), ratios=(1.0,))[:2]  # P3 is 8 × 8 cells of 8 px
+        tensor([[-0.8750, -0.8750,  1.0000,  1.0000],
+                [-0.8750, -0.6250,  1.0000,  1.0000]])
     """
     shapes = _cell_shapes(scales, ratios)  # [K, 2], in cells
     levels = []
@@ -159,21 +171,36 @@ def anchor_coverage(
     Args:
         chip_boxes: per chip, ``Tensor[N, 4]`` xyxy in chip pixels (chips of ``chip_size``).
         chip_size: side of the chips in pixels, as the network sees them.
-        scales, ratios: the anchors' (see :func:`make_anchors`).
-        iou: the loss's positive threshold.
+        scales: the anchors' scales (see :func:`make_anchors`). Default :data:`DEFAULT_SCALES`.
+        ratios: the anchors' ratios ``h / w``. Default :data:`DEFAULT_RATIOS`.
+        iou: the loss's positive threshold, 0–1. Default 0.5.
 
     Returns:
         Covered boxes / all boxes, in [0, 1].
 
     Raises:
         ValueError: ``chip_boxes`` holds no boxes at all.
+
+    Examples:
+        >>> chip_boxes = [torch.tensor([[100.0, 100.0, 132.0, 132.0]]), torch.tensor([[10.0, 10.0, 18.0, 18.0]])]
+        >>> anchor_coverage(chip_boxes, 256)  # the 8 px box has no anchor of IoU >= 0.5
+        0.5
     """
     boxes = _all_boxes(chip_boxes)
     return _covered(boxes, chip_size, scales, ratios, iou).float().mean().item()
 
 
 class AnchorFit(NamedTuple):
-    """Scales and ratios chosen by :func:`suggest_anchors`, and the coverage they reach."""
+    """Scales and ratios chosen by :func:`suggest_anchors`, and the coverage they reach.
+
+    Attributes:
+        scales: anchor scales, descending (pass as ``RetinaNet(scales=...)``).
+        ratios: anchor ratios ``h / w``, ascending.
+        coverage: fraction of the boxes these anchors cover, in [0, 1].
+
+    Examples:
+        See :func:`suggest_anchors`, which returns it.
+    """
 
     scales: tuple[float, ...]
     ratios: tuple[float, ...]
@@ -192,7 +219,8 @@ def _best_iou_by_shape(boxes: Tensor, chip_size: int, scales: Sequence[float], r
     Args:
         boxes: ``Tensor[M, 4]`` xyxy in chip pixels.
         chip_size: side of the chip in pixels.
-        scales, ratios: the shapes to evaluate (see :func:`make_anchors`).
+        scales: the scales to evaluate (see :func:`make_anchors`).
+        ratios: the ratios to evaluate.
 
     Returns:
         ``Tensor[R, S, M]`` best IoU per ratio, scale and box.
@@ -324,10 +352,10 @@ def suggest_anchors(
     Args:
         chip_boxes: per chip, ``Tensor[N, 4]`` xyxy in chip pixels (chips of ``chip_size``).
         chip_size: side of the chips in pixels, as the network sees them.
-        target: the coverage wanted, in [0, 1]; falling short warns.
-        n_scales: how many scales to return.
-        n_ratios: how many ratios to return.
-        iou: the loss's positive threshold.
+        target: the coverage wanted, in [0, 1]; falling short warns. Default 0.95.
+        n_scales: how many scales to return. Default 3.
+        n_ratios: how many ratios to return. Default 3.
+        iou: the loss's positive threshold, 0–1. Default 0.5.
 
     Returns:
         ``AnchorFit(scales, ratios, coverage)``: scales descending (like arcgis.learn's defaults),
@@ -336,6 +364,16 @@ def suggest_anchors(
     Raises:
         ValueError: ``chip_boxes`` holds no boxes, or ``n_scales`` / ``n_ratios`` is outside
             1..25 / 1..17 (the grids' sizes).
+
+    Warns:
+        GeolearnWarning: the coverage reached is below ``target``.
+
+    Examples:
+        >>> chip_boxes = [torch.tensor([[100.0, 100.0, 112.0, 112.0], [40.0, 40.0, 56.0, 64.0], [0.0, 0.0, 16.0, 16.0]])]
+        >>> anchor_coverage(chip_boxes, 256)  # the defaults: 20 px and larger
+        0.3333333432674408
+        >>> suggest_anchors(chip_boxes, 256)
+        AnchorFit(scales=(0.21, 0.193, 0.177), ratios=(1.0, 1.19, 1.41), coverage=1.0)
     """
     if not (1 <= n_scales <= len(_SCALE_GRID) and 1 <= n_ratios <= len(_RATIO_GRID)):
         raise ValueError(

@@ -64,6 +64,10 @@ class Backbone:
         builder: torchvision's model function.
         weights: the ImageNet weights arcgis.learn (through fastai) uses: torchvision's V1.
         channels: output channels of layer2, layer3, layer4 (C3, C4, C5).
+
+    Examples:
+        >>> BACKBONES["resnet50"].channels
+        (512, 1024, 2048)
     """
 
     name: str
@@ -96,15 +100,35 @@ _RGB_NAMES = ("red", "green", "blue")
 
 
 def supported_backbones() -> list[str]:
-    """The backbone names :func:`build_encoder` accepts."""
+    """The backbone names :func:`build_encoder` accepts.
+
+    Returns:
+        The names of :data:`BACKBONES`, smallest network first.
+
+    Examples:
+        >>> supported_backbones()
+        ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152']
+    """
     return list(BACKBONES)
 
 
 def resolve_backbone(backbone: str | Callable[..., nn.Module]) -> Backbone:
     """The table entry for a name (``'resnet50'``, any case) or a torchvision builder function.
 
+    Args:
+        backbone: a name from :data:`BACKBONES` (any case), or torchvision's function such as
+            ``torchvision.models.resnet50``.
+
+    Returns:
+        The backbone's table entry.
+
     Raises:
         ValueError: anything else; the message lists the supported names.
+
+    Examples:
+        >>> import torchvision
+        >>> resolve_backbone("ResNet34").name, resolve_backbone(torchvision.models.resnet50).channels
+        ('resnet34', (512, 1024, 2048))
     """
     if isinstance(backbone, str):
         spec = BACKBONES.get(backbone.lower())
@@ -136,10 +160,20 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 def pretrained_state_dict(spec: Backbone) -> dict[str, Tensor] | None:
     """ImageNet weights of a backbone from torchvision's cache, downloading them if needed.
 
+    A stalled download gives up after 30 s (unless the process set its own socket timeout).
+
+    Args:
+        spec: the backbone's table entry (:data:`BACKBONES`).
+
     Returns:
         The torchvision ResNet's state_dict, or None when the weights cannot be had (no internet,
         a proxy refusing, a broken cache file). Then a :class:`~geolearn.errors.GeolearnWarning`
         says so and how to fix it, once per process and backbone.
+
+    Examples:
+        >>> state = pretrained_state_dict(BACKBONES["resnet18"])  # doctest: +SKIP
+        >>> state["conv1.weight"].shape  # doctest: +SKIP
+        torch.Size([64, 3, 7, 7])
     """
     try:
         with _socket_timeout(_DOWNLOAD_TIMEOUT_S):
@@ -201,7 +235,7 @@ def multispectral_kernel(
     Args:
         rgb_weight: ``Tensor[O, 3, k, k]``, channels in R, G, B order.
         n_bands: the number of input bands.
-        band_names: ``n_bands`` band names, or None.
+        band_names: ``n_bands`` band names, or None (the default: no band is named).
 
     Returns:
         ``Tensor[O, n_bands, k, k]``.
@@ -209,6 +243,13 @@ def multispectral_kernel(
     Raises:
         ValueError: ``rgb_weight`` does not have 3 input channels, ``n_bands`` < 1, or
             ``band_names`` has another length than ``n_bands``.
+
+    Examples:
+        >>> rgb = torch.tensor([1.0, 2.0, 3.0]).reshape(1, 3, 1, 1)  # one output channel, 1 × 1 kernel
+        >>> multispectral_kernel(rgb, 4, ["red", "green", "blue", "nir"]).flatten()  # nir starts from R; all × 3/4
+        tensor([0.7500, 1.5000, 2.2500, 0.7500])
+        >>> multispectral_kernel(rgb, 1).flatten()  # one band: R + G + B
+        tensor([6.])
     """
     if rgb_weight.ndim != 4 or rgb_weight.shape[1] != 3:
         raise ValueError(f"rgb_weight must have shape [out, 3, k, k], got {tuple(rgb_weight.shape)}.")
@@ -229,11 +270,22 @@ def adapt_first_conv(conv: nn.Conv2d, n_bands: int, band_names: Sequence[str] | 
 
     Args:
         conv: a convolution with 3 input channels (ResNet's conv1).
-        n_bands, band_names: see :func:`multispectral_kernel`.
+        n_bands: the number of input bands (see :func:`multispectral_kernel`).
+        band_names: ``n_bands`` band names, or None (the default).
 
     Returns:
         A new ``nn.Conv2d`` with the same geometry and ``n_bands`` input channels; ``conv`` itself
-        when the new kernel would be the old one (3 bands in R, G, B order).
+        when the new kernel would be the old one (3 bands in R, G, B order). The bias is copied.
+
+    Raises:
+        ValueError: see :func:`multispectral_kernel`.
+
+    Examples:
+        >>> conv = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        >>> adapt_first_conv(conv, 4)
+        Conv2d(4, 64, kernel_size=(7, 7), stride=(2, 2), padding=(3, 3), bias=False)
+        >>> adapt_first_conv(conv, 3) is conv
+        True
     """
     if n_bands == 3 and _band_sources(3, band_names) == [0, 1, 2]:
         return conv
@@ -263,6 +315,17 @@ def zero_init_residuals(model: nn.Module) -> None:
     ``zero_init_residual``). We do it here rather than through torchvision's argument because a
     backbone given as a function need not accept that argument. Only the initial values
     change: the module names and shapes stay arcgis.learn's.
+
+    Args:
+        model: a module holding torchvision ``BasicBlock`` or ``Bottleneck`` blocks; changed
+            in place.
+
+    Examples:
+        >>> from torchvision.models import resnet18
+        >>> model = resnet18(weights=None)
+        >>> zero_init_residuals(model)
+        >>> int(model.layer1[0].bn2.weight.count_nonzero())
+        0
     """
     for module in model.modules():
         if isinstance(module, Bottleneck):
@@ -284,11 +347,12 @@ def build_encoder(
         backbone: a name from :data:`BACKBONES` or torchvision's function
             (``torchvision.models.resnet34``).
         pretrained: start from ImageNet weights (downloaded once into ``$TORCH_HOME``); when they
-            cannot be had, warn and start from random initialisation.
-        n_bands: input bands; other than 3 rebuilds the first convolution
-            (:func:`adapt_first_conv`).
+            cannot be had, warn and start from random initialisation, with residual blocks
+            zero-initialised (:func:`zero_init_residuals`). Default True. Keyword only.
+        n_bands: input bands; other than 3 (or 3 named bands not in R, G, B order) rebuilds the
+            first convolution (:func:`adapt_first_conv`). Default 3.
         band_names: names of the ``n_bands`` bands; ``red``/``green``/``blue`` take their pretrained
-            channels.
+            channels. Default None.
 
     Returns:
         ``(encoder, (C3, C4, C5 channels))``; ``encoder`` is ``nn.Sequential(conv1, bn1, relu,
@@ -298,6 +362,16 @@ def build_encoder(
 
     Raises:
         ValueError: an unsupported backbone, or bad ``n_bands``/``band_names``.
+
+    Warns:
+        GeolearnWarning: ``pretrained`` and the ImageNet weights cannot be had (once per backbone).
+
+    Examples:
+        >>> encoder, channels = build_encoder("resnet18", pretrained=False, n_bands=4)
+        >>> channels, encoder.pretrained
+        ((128, 256, 512), False)
+        >>> encoder(torch.zeros(1, 4, 256, 256)).shape  # C5: 256 / 32 = 8 cells a side
+        torch.Size([1, 512, 8, 8])
     """
     spec = resolve_backbone(backbone)
     model = spec.builder(weights=None)

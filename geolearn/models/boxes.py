@@ -50,17 +50,51 @@ def _swap_xy(boxes: Tensor) -> Tensor:
 
 
 def cthw_to_xyxy(boxes: Tensor) -> Tensor:
-    """``Tensor[..., 4]`` in (cy, cx, h, w) → ``Tensor[..., 4]`` in (x1, y1, x2, y2), same space."""
+    """Converts (cy, cx, h, w) boxes to (x1, y1, x2, y2), in the same space.
+
+    Args:
+        boxes: ``Tensor[..., 4]`` (cy, cx, h, w), full sizes.
+
+    Returns:
+        ``Tensor[..., 4]`` (x1, y1, x2, y2).
+
+    Examples:
+        >>> cthw_to_xyxy(torch.tensor([[0.0, 0.5, 1.0, 0.5]]))
+        tensor([[ 0.2500, -0.5000,  0.7500,  0.5000]])
+    """
     return box_convert(_swap_xy(boxes), "cxcywh", "xyxy")
 
 
 def xyxy_to_cthw(boxes: Tensor) -> Tensor:
-    """``Tensor[..., 4]`` in (x1, y1, x2, y2) → ``Tensor[..., 4]`` in (cy, cx, h, w), same space."""
+    """Converts (x1, y1, x2, y2) boxes to (cy, cx, h, w), in the same space.
+
+    Args:
+        boxes: ``Tensor[..., 4]`` (x1, y1, x2, y2).
+
+    Returns:
+        ``Tensor[..., 4]`` (cy, cx, h, w), full sizes.
+
+    Examples:
+        >>> xyxy_to_cthw(torch.tensor([[0.25, -0.5, 0.75, 0.5]]))
+        tensor([[0.0000, 0.5000, 1.0000, 0.5000]])
+    """
     return _swap_xy(box_convert(boxes, "xyxy", "cxcywh"))
 
 
 def cthw_to_chip(boxes: Tensor, chip_size: int) -> Tensor:
-    """``Tensor[..., 4]`` (cy, cx, h, w) in [-1, 1] → ``Tensor[..., 4]`` xyxy in chip pixels."""
+    """Converts (cy, cx, h, w) boxes in [-1, 1] to xyxy in chip pixels.
+
+    Args:
+        boxes: ``Tensor[..., 4]`` (cy, cx, h, w) in [-1, 1] (anchors, decoded boxes).
+        chip_size: side of the square chip, pixels.
+
+    Returns:
+        ``Tensor[..., 4]`` (x1, y1, x2, y2) in chip pixels.
+
+    Examples:
+        >>> cthw_to_chip(torch.tensor([[0.0, 0.0, 0.5, 1.0]]), 256)
+        tensor([[ 64.,  96., 192., 160.]])
+    """
     return unit_to_pixel(cthw_to_xyxy(boxes), chip_size, chip_size)
 
 
@@ -74,6 +108,11 @@ def encode(target_cthw: Tensor, anchors: Tensor) -> Tensor:
     Returns:
         ``Tensor[..., 4]`` deltas (dy, dx, dh, dw) =
         ``[(c - anchor_c) / anchor_size, log(size / anchor_size)] / (0.1, 0.1, 0.2, 0.2)``.
+
+    Examples:
+        >>> anchors = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+        >>> encode(torch.tensor([[0.05, 0.0, 0.5, 1.0]]), anchors)
+        tensor([[1.0000, 0.0000, 0.0000, 3.4657]])
     """
     std = target_cthw.new_tensor(DELTA_STD)
     centre = (target_cthw[..., :2] - anchors[..., :2]) / anchors[..., 2:]
@@ -95,6 +134,13 @@ def decode(deltas: Tensor, anchors: Tensor) -> Tensor:
     Returns:
         ``Tensor[..., 4]`` boxes (cy, cx, h, w) in [-1, 1]. Log size ratios above log(62.5) are
         clipped (torchvision does the same) so that wild predictions cannot overflow to inf.
+
+    Examples:
+        >>> anchors = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+        >>> decode(torch.tensor([[1.0, 0.0, 0.0, 3.4657]]), anchors)
+        tensor([[0.0500, 0.0000, 0.5000, 1.0000]])
+        >>> decode(torch.tensor([[0.0, 0.0, 0.0, 100.0]]), anchors)  # clipped at 62.5 × the anchor
+        tensor([[ 0.0000,  0.0000,  0.5000, 31.2500]])
     """
     std = deltas.new_tensor(DELTA_STD)
     scaled = deltas * std

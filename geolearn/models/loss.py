@@ -54,11 +54,22 @@ def match_anchors(
     Args:
         gt_boxes: ``Tensor[N, 4]`` xyxy; N may be 0.
         anchors: ``Tensor[A, 4]`` xyxy in the same space.
-        pos_iou, neg_iou: the thresholds.
-        allow_low_quality_matches: force each box's best anchors to be positives.
+        pos_iou: IoU from which an anchor is a positive, 0–1. Default 0.5.
+        neg_iou: IoU under which an anchor is background, 0–1. Default 0.4.
+        allow_low_quality_matches: force each box's best anchors to be positives. Default True.
 
     Returns:
         ``Tensor[A]`` int64: the matched box's index (≥ 0), :data:`BACKGROUND` (-1) or :data:`IGNORE` (-2).
+
+    Examples:
+        >>> gt_boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+        >>> anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 22.0], [20.0, 20.0, 30.0, 30.0]])
+        >>> match_anchors(gt_boxes, anchors)  # IoU 1, 0.45, 0
+        tensor([ 0, -2, -1])
+        >>> match_anchors(torch.tensor([[0.0, 0.0, 4.0, 4.0]]), anchors)  # best anchor forced, IoU 0.16
+        tensor([ 0, -1, -1])
+        >>> match_anchors(torch.tensor([[0.0, 0.0, 4.0, 4.0]]), anchors, allow_low_quality_matches=False)
+        tensor([-1, -1, -1])
     """
     if len(gt_boxes) == 0:
         return torch.full((len(anchors),), BACKGROUND, dtype=torch.int64, device=anchors.device)
@@ -92,12 +103,29 @@ class RetinaNetLoss(nn.Module):
             torchvision's Faster R-CNN choice with these same delta weights: the loss is L1
             (robust to outliers) except within ~0.01 of the target in raw offset units.
 
-    Forward:
-        ``loss(output, unit_boxes, labels)`` with ``output = [cls_logits [B, A, C], box_deltas [B, A, 4]]``
-        (the network's), ``unit_boxes`` ``[B, N, 4]`` xyxy in [-1, 1] and ``labels`` ``[B, N]`` in
-        1..C with 0 = padding (fastai's ``TensorBBox``/``TensorMultiCategory`` or plain tensors).
-        Returns the scalar float32 loss. The two parts, detached, are in :attr:`last_parts`
-        (``{'classification': ..., 'bbox_regression': ...}``) for logging.
+    All arguments after ``n_classes`` are keyword only; the defaults are the paper's.
+
+    ``loss(output, unit_boxes, labels)`` with ``output = [cls_logits [B, A, C], box_deltas [B, A, 4]]``
+    (the network's), ``unit_boxes`` ``[B, N, 4]`` xyxy in [-1, 1] and ``labels`` ``[B, N]`` in
+    1..C with 0 = padding (fastai's ``TensorBBox``/``TensorMultiCategory`` or plain tensors)
+    returns the scalar float32 loss (see :meth:`forward`).
+
+    Attributes:
+        last_parts: the two parts of the last loss, detached, for logging:
+            ``{'classification': Tensor, 'bbox_regression': Tensor}``.
+
+    Raises:
+        ValueError: ``neg_iou`` exceeds ``pos_iou``.
+
+    Examples:
+        >>> from geolearn.models.anchors import make_anchors
+        >>> anchors = make_anchors(64)
+        >>> loss_fn = RetinaNetLoss(anchors, n_classes=2)
+        >>> output = [torch.zeros(1, len(anchors), 2), torch.zeros(1, len(anchors), 4)]
+        >>> unit_boxes, labels = torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.long)  # padding only
+        >>> loss = loss_fn(output, unit_boxes, labels)  # a background chip still trains the classifier
+        >>> loss_fn.last_parts["classification"] > 0, loss_fn.last_parts["bbox_regression"]
+        (tensor(True), tensor(0.))
     """
 
     def __init__(
@@ -130,6 +158,20 @@ class RetinaNetLoss(nn.Module):
         self.last_parts: dict[str, Tensor] = {}
 
     def forward(self, output: Sequence[Tensor], unit_boxes: Tensor, labels: Tensor) -> Tensor:
+        """The loss of a batch, computed in float32 even under autocast.
+
+        Args:
+            output: ``[cls_logits [B, A, C], box_deltas [B, A, 4]]``, the network's outputs.
+            unit_boxes: ``[B, N, 4]`` xyxy in [-1, 1]; padding rows are ignored.
+            labels: ``[B, N]`` class indices 1..C, 0 for padding.
+
+        Returns:
+            Scalar float32: mean over images of (focal loss + smooth-L1 loss) / positives.
+
+        Raises:
+            ValueError: outputs that do not fit the anchors and ``n_classes``, or labels outside
+                0..C.
+        """
         cls_logits, box_deltas = output
         device = cls_logits.device
         # The loss runs in float32 even inside an autocast region: bfloat16 logs and exps of the

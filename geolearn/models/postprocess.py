@@ -25,6 +25,9 @@ class Detections(NamedTuple):
         chip_boxes: ``Tensor[K, 4]`` float32 xyxy in chip pixels, within ``[0, chip_size]``.
         labels: ``Tensor[K]`` int64 class indices 1..C (indices into ``data.classes``).
         scores: ``Tensor[K]`` float32 sigmoid scores, descending.
+
+    Examples:
+        See :func:`detect`, which returns them.
     """
 
     chip_boxes: Tensor
@@ -89,14 +92,24 @@ def detect(
         output: ``[cls_logits [B, A, C], box_deltas [B, A, 4]]`` as the network returns them.
         anchors: ``Tensor[A, 4]`` (cy, cx, h, w) in [-1, 1] (:func:`~geolearn.models.anchors.make_anchors`).
         chip_size: side of the chips in pixels.
-        score_thresh: lowest score kept.
-        nms_overlap: IoU above which the lower-scored of two boxes is suppressed.
-        class_agnostic: suppress across classes instead of within each class.
-        max_detections: most detections kept per chip.
-        pre_nms_top_k: most candidates per chip entering NMS.
+        score_thresh: scores must exceed this, 0–1. Default 0.05.
+        nms_overlap: IoU above which the lower-scored of two boxes is suppressed, 0–1. Default 0.5.
+        class_agnostic: suppress across classes instead of within each class. Default False.
+        max_detections: most detections kept per chip. Default 300.
+        pre_nms_top_k: most candidates per chip entering NMS. Default 1000.
 
     Returns:
         One :class:`Detections` per chip, boxes float32 xyxy chip pixels, best first.
+        Boxes under 0.01 px on a side after clipping are dropped.
+
+    Examples:
+        >>> from geolearn.models.anchors import make_anchors
+        >>> anchors = make_anchors(64)
+        >>> cls_logits = torch.full((1, len(anchors), 2), -10.0)
+        >>> cls_logits[0, 5, 1] = 3.0  # anchor 5 (a 20 px square at the top-left cell) says class 2
+        >>> (chip,) = detect([cls_logits, torch.zeros(1, len(anchors), 4)], anchors, chip_size=64)
+        >>> chip.chip_boxes, chip.labels, chip.scores
+        (tensor([[ 0.0000,  0.0000, 14.0794, 14.0794]]), tensor([2]), tensor([0.9526]))
     """
     cls_logits, box_deltas = output
     anchors = anchors.to(device=box_deltas.device, dtype=torch.float32)

@@ -78,6 +78,9 @@ class ImageDetections(NamedTuple):
         image_boxes: ``Tensor[K, 4]`` float32 xyxy in image pixels, within ``[0, W] × [0, H]``.
         labels: ``Tensor[K]`` int64 class indices 1..C.
         scores: ``Tensor[K]`` float32, descending.
+
+    Examples:
+        See :func:`detect_windows`, which returns it.
     """
 
     image_boxes: Tensor
@@ -99,6 +102,12 @@ class WindowPlan(NamedTuple):
             ``-inf`` (left, top) or ``+inf`` (right, bottom) where the side is on the image border.
         image_size: ``(height, width)`` of the image in pixels.
         chip_size: side of the windows in pixels.
+
+    Examples:
+        >>> plan_windows(100, 160, chip_size=100, overlap=40)
+        WindowPlan(windows=tensor([[  0.,   0., 100., 100.],
+                [ 60.,   0., 160., 100.]]), neighbour_edges=tensor([[-inf, -inf,  60.,  inf],
+                [100., -inf,  inf,  inf]]), image_size=(100, 160), chip_size=100)
     """
 
     windows: Tensor
@@ -138,7 +147,7 @@ def plan_windows(height: int, width: int, chip_size: int, overlap: int) -> Windo
     Raises:
         ValueError: ``overlap`` outside ``[0, chip_size)``, or a size below 1.
 
-    Example:
+    Examples:
         >>> plan = plan_windows(700, 256, 256, 64)
         >>> plan.windows[:, 1].tolist()  # row offsets: 0, 192, 384, then 700 - 256 flush
         [0.0, 192.0, 384.0, 444.0]
@@ -183,7 +192,15 @@ def crop_windows(image_hwc: Tensor, windows: Tensor) -> Tensor:
         windows: ``Tensor[B, 4]`` xyxy in image pixels (integral values), all the same size ``S``.
 
     Returns:
-        ``Tensor[B, C, S, S]`` in channels_last memory format.
+        ``Tensor[B, C, S, S]`` in channels_last memory format (views of ``image_hwc``, stacked).
+
+    Examples:
+        >>> image_hwc = torch.arange(2 * 4 * 6.0).reshape(2, 4, 6).permute(1, 2, 0)  # 2 bands, 4 × 6 px
+        >>> crops = crop_windows(image_hwc, torch.tensor([[0.0, 0.0, 3.0, 3.0], [3.0, 1.0, 6.0, 4.0]]))
+        >>> crops.shape, crops[1, 0]
+        (torch.Size([2, 2, 3, 3]), tensor([[ 9., 10., 11.],
+                [15., 16., 17.],
+                [21., 22., 23.]]))
     """
     boxes = windows.to(torch.int64).tolist()
     crops = torch.stack([image_hwc[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes])  # [B, S, S, C]
@@ -200,6 +217,11 @@ def to_image_boxes(chip_boxes: Tensor, window_index: Tensor, windows: Tensor) ->
 
     Returns:
         ``Tensor[K, 4]`` xyxy in image pixels: each box shifted by its window's (x0, y0).
+
+    Examples:
+        >>> windows = torch.tensor([[0.0, 0.0, 100.0, 100.0], [60.0, 0.0, 160.0, 100.0]])
+        >>> to_image_boxes(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.tensor([1]), windows)
+        tensor([[61.,  2., 63.,  4.]])
     """
     return chip_boxes + windows[window_index, :2].repeat(1, 2).to(chip_boxes)
 
@@ -211,6 +233,9 @@ class SeamVerdict(NamedTuple):
         keep: ``Tensor[K]`` bool, False for a box cut by a seam whose object a neighbour sees whole.
         at_seam: ``Tensor[K]`` bool, True for a box touching an interior window side — among the
             kept boxes, the pieces of objects larger than the overlap.
+
+    Examples:
+        See :func:`seam_filter`, which returns it.
     """
 
     keep: Tensor
@@ -243,10 +268,16 @@ def seam_filter(
         image_boxes: ``Tensor[K, 4]`` xyxy in image pixels (:func:`to_image_boxes`).
         window_index: ``Tensor[K]`` int64, the window of each box (a row of ``plan.windows``).
         plan: the windows and their neighbours (:func:`plan_windows`).
-        tolerance: pixels within which a box edge counts as touching a window side.
+        tolerance: pixels within which a box edge counts as touching a window side. Default 2.
 
     Returns:
         :class:`SeamVerdict` ``(keep, at_seam)``, two ``Tensor[K]`` bool.
+
+    Examples:
+        >>> plan = plan_windows(100, 160, chip_size=100, overlap=40)  # windows x 0..100 and 60..160
+        >>> image_boxes = torch.tensor([[90.0, 10.0, 100.0, 30.0], [90.0, 10.0, 110.0, 30.0]])
+        >>> seam_filter(image_boxes, torch.tensor([0, 1]), plan)  # window 0 cuts the object, window 1 sees it whole
+        SeamVerdict(keep=tensor([False,  True]), at_seam=tensor([ True, False]))
     """
     window = plan.windows.to(image_boxes)[window_index]
     neighbour = plan.neighbour_edges.to(image_boxes)[window_index]
@@ -276,6 +307,11 @@ def clip_to_image(image_boxes: Tensor, image_size: tuple[int, int]) -> tuple[Ten
     Returns:
         ``(Tensor[K, 4] clipped to [0, W] × [0, H], Tensor[K] bool)``; False marks boxes under
         0.01 px wide or high after clipping — those that lay in the padding past the image edge.
+
+    Examples:
+        >>> clip_to_image(torch.tensor([[-5.0, 0.0, 10.0, 10.0], [120.0, 0.0, 130.0, 10.0]]), (100, 100))
+        (tensor([[  0.,   0.,  10.,  10.],
+                [100.,   0., 100.,  10.]]), tensor([ True, False]))
     """
     height, width = image_size
     x = image_boxes[:, 0::2].clamp(0, width)
@@ -409,6 +445,12 @@ def greedy_merge(
     Returns:
         ``(Tensor[M, 4] boxes, Tensor[M] scores, Tensor[M] int64 index of each merged box's
         leader in the input)``, best first.
+
+    Examples:
+        >>> boxes = torch.tensor([[0.0, 0.0, 60.0, 20.0], [40.0, 0.0, 100.0, 20.0], [0.0, 50.0, 10.0, 60.0]])
+        >>> greedy_merge(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([1, 1, 2]), overlap=0.1)
+        (tensor([[  0.,   0., 100.,  20.],
+                [  0.,  50.,  10.,  60.]]), tensor([0.9000, 0.7000]), tensor([0, 2]))
     """
     index = torch.arange(len(image_boxes), device=image_boxes.device)
     boxes = image_boxes
@@ -452,17 +494,27 @@ def merge_detections(
         image_boxes: ``Tensor[K, 4]`` float32 xyxy in image pixels, positive areas.
         labels: ``Tensor[K]`` int64 class indices 1..C.
         scores: ``Tensor[K]`` float32.
-        method: ``'nms'`` or ``'greedy'``.
-        overlap: the IoU (nms) or IoS (greedy) above which two boxes are one object.
-        class_agnostic: merge across classes too (the best box's label wins).
+        method: ``'nms'`` (the default) or ``'greedy'``. Keyword only, like the rest.
+        overlap: the IoU (nms) or IoS (greedy) above which two boxes are one object, 0–1.
+            Default 0.1.
+        class_agnostic: merge across classes too (the best box's label wins). Default False.
         at_seam: ``Tensor[K]`` bool, the pieces cut at a seam (:attr:`SeamVerdict.at_seam`), which
-            the greedy merge keeps joining until done; None: one greedy pass. Unused by NMS.
+            the greedy merge keeps joining until done; None (the default): one greedy pass.
+            Unused by NMS.
 
     Returns:
         :class:`ImageDetections`, best first.
 
     Raises:
         ValueError: an unknown ``method``.
+
+    Examples:
+        >>> boxes = torch.tensor([[0.0, 0.0, 60.0, 20.0], [40.0, 0.0, 100.0, 20.0]])  # two pieces, IoU 0.2
+        >>> labels, scores = torch.tensor([1, 1]), torch.tensor([0.9, 0.8])
+        >>> merge_detections(boxes, labels, scores).image_boxes  # NMS keeps the better piece
+        tensor([[ 0.,  0., 60., 20.]])
+        >>> merge_detections(boxes, labels, scores, method="greedy").image_boxes  # greedy joins them
+        tensor([[  0.,   0., 100.,  20.]])
     """
     groups = torch.zeros_like(labels) if class_agnostic else labels
     if method == "nms":
@@ -491,6 +543,9 @@ class WindowDetections(NamedTuple):
         labels: ``Tensor[K]`` int64 class indices 1..C.
         scores: ``Tensor[K]`` float32.
         at_seam: ``Tensor[K]`` bool, pieces cut at a seam (:attr:`SeamVerdict.at_seam`).
+
+    Examples:
+        See :func:`window_detections`, which returns it.
     """
 
     image_boxes: Tensor
@@ -522,14 +577,25 @@ def window_detections(
         crops: ``Tensor[B, C, S, S]`` the windows' network inputs (channels_last).
         window_index: ``Tensor[B]`` int64, the row of ``plan.windows`` of each crop, ascending.
         plan: the windows and their neighbours (:func:`plan_windows`).
-        edge_tolerance: see :func:`seam_filter`; None keeps boxes cut by seams.
-        valid: ``Tensor[B, S, S]`` bool, the crops' valid pixels; None: all valid.
+        edge_tolerance: pixels, see :func:`seam_filter`; None keeps boxes cut by seams.
+            Default 2. Keyword only.
+        valid: ``Tensor[B, S, S]`` bool, the crops' valid pixels; None (the default): all valid.
 
     Returns:
         :class:`WindowDetections` of the batch, in image pixels.
 
     Raises:
         ValueError: ``run_batch`` returned a different number of results than crops.
+
+    Examples:
+        >>> from geolearn.models.postprocess import Detections
+        >>> def run_batch(crops):  # a stub detector: a box across the right edge of every crop
+        ...     return [Detections(torch.tensor([[90.0, 10.0, 100.0, 30.0]]), torch.tensor([1]), torch.tensor([0.9]))
+        ...             for _ in crops]
+        >>> plan = plan_windows(100, 160, chip_size=100, overlap=40)
+        >>> part = window_detections(run_batch, torch.zeros(2, 3, 100, 100), torch.tensor([0, 1]), plan)
+        >>> part.image_boxes  # window 0's box (x 90..100) is cut by the seam that window 1 sees past
+        tensor([[150.,  10., 160.,  30.]])
     """
     found = run_batch(crops)
     if len(found) != len(window_index):
@@ -573,14 +639,28 @@ def merge_windows(
 
     Args:
         parts: one :class:`WindowDetections` per batch (none: no detections).
-        method: ``'nms'`` or ``'greedy'`` (see :func:`merge_detections`).
-        overlap: IoU (nms) or intersection-over-smaller (greedy) above which two boxes are one object.
-        class_agnostic: merge across classes.
-        seams: whether the seam filter ran, so that the greedy merge keeps joining the pieces at seams.
-        max_detections: most detections returned; all when None.
+        method: ``'nms'`` (the default) or ``'greedy'`` (see :func:`merge_detections`).
+            Keyword only, like the rest.
+        overlap: IoU (nms) or intersection-over-smaller (greedy) above which two boxes are one
+            object, 0–1. Default 0.1.
+        class_agnostic: merge across classes. Default False.
+        seams: whether the seam filter ran, so that the greedy merge keeps joining the pieces at
+            seams. Default True.
+        max_detections: most detections returned; all when None (the default).
 
     Returns:
         :class:`ImageDetections` in image pixels, best first.
+
+    Raises:
+        ValueError: an unknown ``method``.
+
+    Examples:
+        >>> part = WindowDetections(torch.tensor([[0.0, 0.0, 60.0, 20.0], [40.0, 0.0, 100.0, 20.0]]),
+        ...                         torch.tensor([1, 1]), torch.tensor([0.9, 0.8]), torch.tensor([True, True]))
+        >>> merge_windows([part], method="greedy")
+        ImageDetections(image_boxes=tensor([[  0.,   0., 100.,  20.]]), labels=tensor([1]), scores=tensor([0.9000]))
+        >>> len(merge_windows([]).scores)
+        0
     """
     if not parts:
         return ImageDetections(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0))
@@ -627,15 +707,17 @@ def detect_windows(
             :class:`~geolearn.models.postprocess.Detections` per crop, boxes in chip pixels.
         image: ``Tensor[C, H, W]`` the whole image, as ``run_batch`` expects its pixels.
         chip_size: window side in pixels.
-        overlap: pixels shared by adjacent windows; ``chip_size // 4`` when None.
-        batch_size: windows per ``run_batch`` call.
-        merge: ``'nms'`` or ``'greedy'`` (see :func:`merge_detections`).
+        overlap: pixels shared by adjacent windows; ``chip_size // 4`` when None (the default).
+            Keyword only, like the rest.
+        batch_size: windows per ``run_batch`` call. Default 8.
+        merge: ``'nms'`` (the default) or ``'greedy'`` (see :func:`merge_detections`).
         nms_overlap: IoU (nms) or intersection-over-smaller (greedy) above which two boxes are
-            one object.
-        class_agnostic: merge across classes.
+            one object, 0–1. Default 0.1.
+        class_agnostic: merge across classes. Default False.
         edge_tolerance: pixels within which a box edge touches a window side (see
             :func:`seam_filter`); None keeps cut boxes and leaves seams to the merge alone.
-        max_detections: most detections returned; all when None.
+            Default 2.
+        max_detections: most detections returned; all when None (the default).
 
     Returns:
         :class:`ImageDetections` in image pixels, best first.
@@ -643,6 +725,15 @@ def detect_windows(
     Raises:
         ValueError: ``image`` is not ``[C, H, W]``, ``batch_size`` < 1, ``run_batch`` returned a
             different number of results than crops, or an invalid ``overlap`` / ``merge``.
+
+    Examples:
+        >>> from geolearn.models.postprocess import Detections
+        >>> def run_batch(crops):  # a stub detector: a 20 px box at the centre of every crop
+        ...     box = torch.tensor([[118.0, 118.0, 138.0, 138.0]])
+        ...     return [Detections(box, torch.tensor([1]), torch.tensor([0.9 - 0.1 * i])) for i in range(len(crops))]
+        >>> detect_windows(run_batch, torch.zeros(3, 256, 448), chip_size=256, overlap=64)  # windows at x 0 and 192
+        ImageDetections(image_boxes=tensor([[118., 118., 138., 138.],
+                [310., 118., 330., 138.]]), labels=tensor([1, 1]), scores=tensor([0.9000, 0.8000]))
     """
     if image.ndim != 3:
         raise ValueError(f"image of shape {tuple(image.shape)}: expected one image as [bands, height, width].")
@@ -694,14 +785,26 @@ def network_runner(
         anchors: ``Tensor[A, 4]`` (cy, cx, h, w) in [-1, 1] for ``chip_size``
             (:func:`~geolearn.models.anchors.make_anchors`).
         chip_size: the network's chip side in pixels.
-        score_thresh: lowest score reported.
-        nms_overlap: IoU above which the lower-scored of two boxes in a crop is suppressed.
-        class_agnostic: suppress across classes within a crop.
-        autocast_dtype: e.g. ``torch.bfloat16`` to run the network under autocast; None: as is.
+        score_thresh: scores must exceed this, 0–1. Default 0.5. Keyword only, like the rest.
+        nms_overlap: IoU above which the lower-scored of two boxes in a crop is suppressed, 0–1.
+            Default 0.1.
+        class_agnostic: suppress across classes within a crop. Default False.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the network under autocast; None (the
+            default): as is.
 
     Returns:
         ``run_batch(crops: Tensor[B, C, S, S]) -> list[Detections]``; it raises ValueError when
         the network's anchor count does not match ``anchors``.
+
+    Examples:
+        >>> from geolearn.models.anchors import make_anchors
+        >>> from geolearn.models.retinanet import build_retinanet
+        >>> model = build_retinanet("resnet18", n_classes=2, pretrained=False).eval()
+        >>> run_batch = network_runner(model, make_anchors(64), 64)
+        >>> with torch.inference_mode():
+        ...     found = run_batch(torch.zeros(2, 3, 64, 64))
+        >>> len(found), found[0].chip_boxes.shape  # an untrained network scores every anchor 0.018
+        (2, torch.Size([0, 4]))
     """
     device = _device_of(model, torch.device("cpu"))
     anchors = anchors.to(device=device, dtype=torch.float32)
@@ -765,22 +868,33 @@ def predict_tiles(
         anchors: ``Tensor[A, 4]`` (cy, cx, h, w) in [-1, 1] for ``chip_size``
             (:func:`~geolearn.models.anchors.make_anchors`).
         chip_size: the network's chip side in pixels.
-        score_thresh: lowest score reported.
-        nms_overlap: IoU (or IoS for ``merge='greedy'``) above which two boxes are one object.
-        overlap: pixels shared by adjacent windows; ``chip_size // 4`` when None.
-        batch_size: windows per forward pass.
-        autocast_dtype: e.g. ``torch.bfloat16`` to run the network under autocast; None: as is.
-        class_agnostic: suppress/merge across classes, one box per object.
-        merge: ``'nms'`` or ``'greedy'`` (see :func:`merge_detections`).
-        max_detections: most detections returned for the image; all when None.
-        edge_tolerance: see :func:`seam_filter`; None keeps boxes cut by seams.
+        score_thresh: scores must exceed this, 0–1. Default 0.5. Keyword only, like the rest.
+        nms_overlap: IoU (or IoS for ``merge='greedy'``) above which two boxes are one object,
+            0–1. Default 0.1.
+        overlap: pixels shared by adjacent windows; ``chip_size // 4`` when None (the default).
+        batch_size: windows per forward pass. Default 8.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the network under autocast; None (the
+            default): as is.
+        class_agnostic: suppress/merge across classes, one box per object. Default False.
+        merge: ``'nms'`` (the default) or ``'greedy'`` (see :func:`merge_detections`).
+        max_detections: most detections returned for the image; all when None (the default).
+        edge_tolerance: pixels, see :func:`seam_filter`; None keeps boxes cut by seams. Default 2.
 
     Returns:
         :class:`ImageDetections` — boxes float32 xyxy in image pixels, labels 1..C, scores — best first.
 
     Raises:
-        ValueError: ``image`` is not a floating-point ``[C, H, W]`` tensor, or ``anchors`` do not
-            match the network's outputs for ``chip_size``.
+        ValueError: ``image`` is not a floating-point ``[C, H, W]`` tensor, ``anchors`` do not
+            match the network's outputs for ``chip_size``, ``batch_size`` < 1, or an invalid
+            ``overlap`` / ``merge``.
+
+    Examples:
+        >>> from geolearn.models.anchors import make_anchors
+        >>> from geolearn.models.retinanet import build_retinanet
+        >>> model = build_retinanet("resnet18", n_classes=2, pretrained=False)
+        >>> found = predict_tiles(model, torch.zeros(3, 100, 150), make_anchors(64), chip_size=64)
+        >>> found.image_boxes.shape, model.training  # untrained: nothing found; the mode is restored
+        (torch.Size([0, 4]), True)
     """
     if not image.is_floating_point():
         raise ValueError(

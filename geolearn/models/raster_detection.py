@@ -40,9 +40,13 @@ class RasterDetections(NamedTuple):
         scores: ``Tensor[K]`` float32, descending.
         transform: the raster's affine, raster pixels → map coordinates.
         crs: the raster's CRS (a ``rasterio.crs.CRS``), or None.
-        width, height: the raster's size in pixels.
+        width: the raster's width in pixels.
+        height: the raster's height in pixels.
         windows_run: windows that went through ``run_batch``.
         windows_skipped: windows skipped for having no valid pixel (never run).
+
+    Examples:
+        See :func:`detect_raster`, which returns it.
     """
 
     raster_boxes: Tensor
@@ -90,21 +94,24 @@ def detect_raster(
             one :class:`~geolearn.models.postprocess.Detections` per crop, boxes in chip pixels
             (:func:`~geolearn.models.predictor.network_runner`, or a stub).
         raster: the raster file (GeoTIFF, COG, VRT, anything rasterio opens).
-        chip_size: window side in pixels.
+        chip_size: window side in pixels. Keyword only, required, like ``to_input``.
         to_input: raw pixels ``Tensor[B, C, S, S]`` → the float input ``run_batch`` expects
             (scaling and normalisation).
-        bands: 0-based bands to read; None: all.
-        n_bands: band count the detector takes, checked before any pixel is read; None: any.
-        overlap: pixels shared by adjacent windows; ``chip_size // 4`` when None.
-        batch_size: windows per ``run_batch`` call.
-        merge: ``'nms'`` or ``'greedy'`` (see :func:`~geolearn.models.predictor.merge_detections`).
-        nms_overlap: IoU (nms) or intersection-over-smaller (greedy) above which two boxes are one object.
-        class_agnostic: merge across classes.
-        edge_tolerance: see :func:`~geolearn.models.predictor.seam_filter`; None keeps boxes cut
-            by seams (arcgis's ``exclude_pad_detections=False``).
-        max_detections: most detections returned; all when None.
-        prefetch: batches read ahead of the detector.
-        progress: show a fastprogress bar over the windows.
+        bands: 0-based bands to read; None (the default): all.
+        n_bands: band count the detector takes, checked before any pixel is read; None (the
+            default): any.
+        overlap: pixels shared by adjacent windows; ``chip_size // 4`` when None (the default).
+        batch_size: windows per ``run_batch`` call. Default 8.
+        merge: ``'nms'`` (the default) or ``'greedy'`` (see
+            :func:`~geolearn.models.predictor.merge_detections`).
+        nms_overlap: IoU (nms) or intersection-over-smaller (greedy) above which two boxes are
+            one object, 0–1. Default 0.1.
+        class_agnostic: merge across classes. Default False.
+        edge_tolerance: pixels, see :func:`~geolearn.models.predictor.seam_filter`; None keeps
+            boxes cut by seams (arcgis's ``exclude_pad_detections=False``). Default 2.
+        max_detections: most detections returned; all when None (the default).
+        prefetch: batches read ahead of the detector. Default 2.
+        progress: show a fastprogress bar over the windows. Default False.
 
     Returns:
         :class:`RasterDetections`.
@@ -114,6 +121,21 @@ def detect_raster(
         BandMismatchError: ``bands`` the raster lacks, or a band count other than ``n_bands``.
         ValueError: ``batch_size`` < 1, an invalid ``overlap`` or ``merge``, or ``run_batch``
             returning a different number of results than crops.
+
+    Examples:
+        >>> import tempfile
+        >>> from geolearn.data.synthetic import make_scene
+        >>> from geolearn.models.postprocess import Detections
+        >>> raster = make_scene(tempfile.mkdtemp(), size=256).raster  # 256 × 256 px, EPSG:32633
+        >>> def run_batch(crops):  # a stub detector: an 8 px box at the centre of every window
+        ...     return [Detections(torch.tensor([[28.0, 28.0, 36.0, 36.0]]), torch.tensor([1]), torch.tensor([0.9]))
+        ...             for _ in crops]
+        >>> found = detect_raster(run_batch, raster, chip_size=64, to_input=lambda pixels: pixels.float() / 255)
+        >>> found.windows_run, found.windows_skipped, found.raster_boxes[:2]  # windows 48 px apart
+        (25, 0, tensor([[28., 28., 36., 36.],
+                [76., 28., 84., 36.]]))
+        >>> found.crs.to_epsg(), found.transform.a  # for geolearn.data.georef.detections_frame
+        (32633, 0.3)
     """
     if merge not in ("nms", "greedy"):
         raise ValueError(f"merge={merge!r}: choose 'nms' (suppress duplicates) or 'greedy' (join pieces by IoS).")

@@ -62,6 +62,15 @@ class LateralMerge(nn.Module):
 
     Upsampling to the lateral's size, not by ×2, handles odd maps: a 224 px chip gives C4 14 × 14
     but P5 7 × 7 → 14, and C5 4 × 4 from C4 7 × 7 (odd) would give 8 ≠ 7 by doubling.
+
+    Args:
+        lateral_channels: channels of the lateral (encoder) feature map.
+        chs: channels of the top map and of the output. Default 256.
+
+    Examples:
+        >>> merge = LateralMerge(128, chs=256)
+        >>> merge(torch.zeros(1, 256, 7, 7), torch.zeros(1, 128, 14, 14)).shape
+        torch.Size([1, 256, 14, 14])
     """
 
     def __init__(self, lateral_channels: int, chs: int = 256) -> None:
@@ -69,7 +78,15 @@ class LateralMerge(nn.Module):
         self.conv_lat = _conv(lateral_channels, chs, kernel_size=1)
 
     def forward(self, top: Tensor, lateral: Tensor) -> Tensor:
-        """``top [B, chs, h, w]``, ``lateral [B, C, H, W]`` → ``[B, chs, H, W]``."""
+        """Merges an upper level into a lateral one.
+
+        Args:
+            top: ``[B, chs, h, w]`` the upper pyramid level.
+            lateral: ``[B, lateral_channels, H, W]`` the encoder's map at this level.
+
+        Returns:
+            ``[B, chs, H, W]``.
+        """
         return self.conv_lat(lateral) + F.interpolate(top, size=lateral.shape[-2:], mode="nearest")
 
 
@@ -105,13 +122,26 @@ class RetinaNetModel(nn.Module):
             as :func:`~geolearn.models.backbones.build_encoder` returns.
         encoder_channels: channels of C3, C4, C5.
         n_classes: object classes, without background (arcgis.learn's ``data.c - 1``).
-        n_anchors: anchors per cell (``len(scales) * len(ratios)``).
-        chs: FPN and head width.
+        n_anchors: anchors per cell (``len(scales) * len(ratios)``). Default 9.
+        chs: FPN and head width. Default 256.
 
-    Forward:
-        ``images [B, n_bands, S, S]`` → ``[cls_logits [B, A, n_classes], box_deltas [B, A, 4]]``,
-        ``A = n_anchors · Σ_levels n²``; logits before the sigmoid, deltas ``(dy, dx, dh, dw)`` as
-        :func:`geolearn.models.boxes.encode` defines them.
+    ``model(images)`` maps ``images [B, n_bands, S, S]`` to
+    ``[cls_logits [B, A, n_classes], box_deltas [B, A, 4]]`` (see :meth:`forward`).
+    At initialisation every logit is -4 (sigmoid ≈ 0.018) and every delta 0.
+
+    Raises:
+        ValueError: ``n_classes`` < 1.
+
+    Examples:
+        >>> from geolearn.models.backbones import build_encoder
+        >>> encoder, channels = build_encoder("resnet18", pretrained=False)
+        >>> model = RetinaNetModel(encoder, channels, n_classes=2).eval()
+        >>> with torch.no_grad():
+        ...     cls_logits, box_deltas = model(torch.zeros(1, 3, 64, 64))
+        >>> cls_logits.shape, box_deltas.shape  # 9 anchors × (8² + 4² + 2² + 1 + 1) cells
+        (torch.Size([1, 774, 2]), torch.Size([1, 774, 4]))
+        >>> list(model.state_dict())[:2]  # arcgis.learn's key names
+        ['encoder.0.weight', 'encoder.1.weight']
     """
 
     def __init__(
@@ -150,7 +180,14 @@ class RetinaNetModel(nn.Module):
         return c3, c4, c5
 
     def pyramid(self, images: Tensor) -> list[Tensor]:
-        """The feature pyramid ``[P3, P4, P5, P6, P7]``, each ``[B, chs, n, n]``."""
+        """The feature pyramid ``[P3, P4, P5, P6, P7]``.
+
+        Args:
+            images: ``[B, n_bands, S, S]`` normalised chips.
+
+        Returns:
+            Five maps ``[B, chs, n, n]``, ``n`` as :func:`~geolearn.models.anchors.level_sizes` gives.
+        """
         c3, c4, c5 = self._encode(images)
         p5 = self.c5top5(c5)
         p6 = self.c5top6(c5)
@@ -161,6 +198,17 @@ class RetinaNetModel(nn.Module):
         return [*smoothed, p6, p7]
 
     def forward(self, images: Tensor) -> list[Tensor]:
+        """Runs the network.
+
+        Args:
+            images: ``[B, n_bands, S, S]`` normalised chips.
+
+        Returns:
+            ``[cls_logits [B, A, n_classes], box_deltas [B, A, 4]]`` with
+            ``A = n_anchors · Σ_levels n²``: logits before the sigmoid, deltas ``(dy, dx, dh, dw)``
+            as :func:`geolearn.models.boxes.encode` defines them, anchors in the order of
+            :func:`~geolearn.models.anchors.make_anchors`.
+        """
         levels = self.pyramid(images)
         return [
             _run_head(self.classifier, levels, self.n_classes),
@@ -182,12 +230,25 @@ def build_retinanet(
 
     Args:
         backbone: a supported name or torchvision function (see
-            :func:`~geolearn.models.backbones.build_encoder`).
-        n_classes: object classes without background (``data.c - 1``).
-        n_bands, band_names: input bands (multispectral chips rebuild the first convolution).
+            :func:`~geolearn.models.backbones.build_encoder`). Default ``"resnet50"``.
+        n_classes: object classes without background (``data.c - 1``). Keyword only, required.
+        n_bands: input bands (other than 3 rebuilds the first convolution). Default 3.
+        band_names: names of the ``n_bands`` bands, or None (the default).
         pretrained: ImageNet weights for the encoder (warns and goes on without when offline).
-        n_anchors: anchors per cell (``len(scales) * len(ratios)``).
-        chs: FPN and head width.
+            Default True.
+        n_anchors: anchors per cell (``len(scales) * len(ratios)``). Default 9.
+        chs: FPN and head width. Default 256.
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: an unsupported backbone, bad ``n_bands``/``band_names``, or ``n_classes`` < 1.
+
+    Examples:
+        >>> model = build_retinanet("resnet18", n_classes=2, n_bands=4, pretrained=False)
+        >>> model.encoder[0].in_channels, model.n_classes, model.n_anchors
+        (4, 2, 9)
     """
     encoder, channels = build_encoder(backbone, pretrained=pretrained, n_bands=n_bands, band_names=band_names)
     return RetinaNetModel(encoder, channels, n_classes, n_anchors=n_anchors, chs=chs)
@@ -196,9 +257,17 @@ def build_retinanet(
 def param_groups(model: RetinaNetModel) -> list[list[nn.Parameter]]:
     """The three parameter groups for discriminative learning rates (a fastai ``splitter``).
 
+    Args:
+        model: the network.
+
     Returns:
         ``[stem .. layer2 (encoder.0 .. encoder.5), layer3 + layer4 (encoder.6, encoder.7),
         everything else (FPN and heads)]``.
+
+    Examples:
+        >>> model = build_retinanet("resnet18", n_classes=2, pretrained=False)
+        >>> [len(group) for group in param_groups(model)]  # parameter tensors per group
+        [30, 30, 52]
     """
     encoder = list(model.encoder)
     early = [p for m in encoder[: _C3_STAGE + 1] for p in m.parameters()]

@@ -1,0 +1,161 @@
+"""fastai callbacks: bfloat16 autocast for training, and the ``average_precision`` column.
+
+Only training uses them, and only training imports fastai (this module, the data pipeline and
+:class:`~geolearn.learn.retinanet.RetinaNet`'s training methods): a model that only predicts
+never loads it.
+
+fastai's ``MixedPrecision`` callback autocasts on CUDA only. Recent CPUs with AMX or AVX512-BF16
+train RetinaNet about 3× faster in bfloat16 than in float32 (:func:`geolearn.learn.precision.resolve_precision`
+decides where), so :class:`Autocast` does it on any device. bfloat16 has float32's range: no loss
+scaling is needed, which keeps the callback small. float16 needs a gradient scaler and is only
+worth it on CUDA, where fastai's own callback does it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+from fastai.learner import Metric
+
+from geolearn.learn.evaluation import DetectionSettings, batch_detections, batch_targets
+from geolearn.metrics import average_precision, mean_average_precision
+
+__all__ = ["Autocast", "precision_callbacks", "AveragePrecisionMetric"]
+
+
+class Autocast(Callback):
+    """Runs forward pass and loss under ``torch.autocast`` in bfloat16, on any device.
+
+    Like fastai's ``MixedPrecision`` (same hooks and order) minus the gradient
+    scaler, which bfloat16 does not need; predictions are cast back to float32
+    so that loss and metrics are computed in full precision.
+
+    Args:
+        dtype: the autocast dtype. Default ``torch.bfloat16``.
+
+    Examples:
+        >>> callback = Autocast()
+        >>> callback.dtype, callback.order
+        (torch.bfloat16, 10)
+        >>> learn = Learner(data, model, loss_func=loss, cbs=[callback])  # doctest: +SKIP
+    """
+
+    order = 10
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.dtype = dtype
+        self._context = None
+
+    def before_batch(self) -> None:
+        """Enters autocast on the model's device type."""
+        device_type = next(self.learn.model.parameters()).device.type
+        self._context = torch.autocast(device_type, dtype=self.dtype)
+        self._context.__enter__()
+
+    def after_pred(self) -> None:
+        """Casts the predictions back to float32."""
+        pred = self.learn.pred
+        self.learn.pred = [p.float() for p in pred] if isinstance(pred, (list, tuple)) else pred.float()
+
+    def after_loss(self) -> None:
+        """Leaves autocast: the backward pass runs outside it, as PyTorch recommends."""
+        self._exit()
+
+    # A cancelled or failed batch must not leave autocast switched on.
+    def after_cancel_batch(self) -> None:
+        """Leaves autocast when a batch is cancelled."""
+        self._exit()
+
+    def after_fit(self) -> None:
+        """Leaves autocast at the end of training, whatever happened."""
+        self._exit()
+
+    def _exit(self) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+            self._context = None
+
+
+def precision_callbacks(dtype: torch.dtype | None) -> list[Callback]:
+    """The callbacks that train in ``dtype``.
+
+    Args:
+        dtype: ``torch.bfloat16`` (any device), ``torch.float16`` (CUDA), or None for float32.
+
+    Returns:
+        ``[]`` for None, fastai's ``MixedPrecision`` (with its gradient scaler) for float16, else
+        :class:`Autocast` in ``dtype``.
+
+    Examples:
+        >>> precision_callbacks(None), precision_callbacks(torch.bfloat16), precision_callbacks(torch.float16)
+        ([], [Autocast], [MixedPrecision])
+    """
+    if dtype is None:
+        return []
+    if dtype == torch.float16:
+        return [MixedPrecision(amp_mode="fp16")]
+    return [Autocast(dtype)]
+
+
+@dataclass
+class AveragePrecisionMetric(Metric):
+    """fastai metric: mean arcgis-style AP over the validation set (CONTRACT §5).
+
+    Its column is named ``average_precision``; classes without ground truth in the
+    validation set are left out of the mean.
+
+    Args:
+        settings: how outputs become detections, and the IoU a detection needs.
+
+    Attributes:
+        settings: as given.
+        predictions: per validation chip so far, ``(chip_boxes, labels, scores)``.
+        targets: per validation chip so far, ``(chip_boxes, labels)``.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> from geolearn.models.anchors import make_anchors
+        >>> metric = AveragePrecisionMetric(DetectionSettings(make_anchors(64), chip_size=64))
+        >>> cls_logits = torch.full((1, 774, 2), -10.0)
+        >>> cls_logits[0, 5, 0] = 3.0  # finds a box at (0, 0, 14, 14) px
+        >>> learn = SimpleNamespace(  # what fastai's Learner holds after a validation batch
+        ...     pred=[cls_logits, torch.zeros(1, 774, 4)],
+        ...     yb=(torch.tensor([[[-1.0, -1.0, -0.5625, -0.5625]]]), torch.tensor([[1]])),  # (0, 0, 14, 14) px
+        ... )
+        >>> metric.reset()
+        >>> metric.accumulate(learn)
+        >>> metric.name, metric.value
+        ('average_precision', 1.0)
+    """
+
+    settings: DetectionSettings
+    predictions: list = field(default_factory=list)
+    targets: list = field(default_factory=list)
+
+    def reset(self) -> None:
+        """Forgets the chips seen (fastai calls it before each validation pass)."""
+        self.predictions, self.targets = [], []
+
+    def accumulate(self, learn) -> None:
+        """Adds a validation batch: detections from ``learn.pred``, targets from ``learn.yb``.
+
+        Args:
+            learn: the fastai ``Learner`` (anything with ``pred`` and ``yb``).
+        """
+        unit_boxes, labels = learn.yb
+        self.predictions += batch_detections(learn.pred, self.settings)
+        self.targets += batch_targets(unit_boxes, labels, self.settings.chip_size)
+
+    @property
+    def value(self) -> float:
+        """Mean arcgis-style AP, in [0, 1], over the chips accumulated (0.0 without ground truth)."""
+        ap = average_precision(self.predictions, self.targets, iou_thresh=self.settings.iou_thresh)
+        return mean_average_precision(ap)
+
+    @property
+    def name(self) -> str:
+        """The column name, ``'average_precision'``."""
+        return "average_precision"
