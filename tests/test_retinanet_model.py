@@ -155,3 +155,27 @@ def test_training_and_evaluation_normalise_the_head_alike():
         # Running variances are unbiased, batch ones biased: agreement to about 1 %, not exactly.
         relative = (t - e).abs().max() / t.abs().max()
         assert relative < 0.05, relative
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_joint_batch_norm_equals_batch_norm_over_the_concatenated_levels(channels_last):
+    """Normalising three levels jointly = one BatchNorm2d over their pixels laid side by side."""
+    from geolearn.models.retinanet import _joint_batch_norm
+
+    torch.manual_seed(0)
+    levels = [torch.randn(2, 4, n, n) * 3 + 1 for n in (8, 4, 2)]
+    if channels_last:
+        levels = [x.contiguous(memory_format=torch.channels_last) for x in levels]
+    norm, reference = nn.BatchNorm2d(4).train(), nn.BatchNorm2d(4).train()
+    nn.init.uniform_(norm.weight), nn.init.uniform_(norm.bias)
+    reference.load_state_dict(norm.state_dict())
+
+    joint = _joint_batch_norm(norm, levels)
+    side_by_side = reference(torch.cat([x.flatten(2) for x in levels], dim=2)[..., None])
+    expected = side_by_side[..., 0].split([x.shape[2] * x.shape[3] for x in levels], dim=2)
+    for got, want, x in zip(joint, expected, levels):
+        assert got.shape == x.shape
+        torch.testing.assert_close(got, want.reshape(x.shape))
+    torch.testing.assert_close(norm.running_mean, reference.running_mean)
+    torch.testing.assert_close(norm.running_var, reference.running_var)
+    assert int(norm.num_batches_tracked) == 1

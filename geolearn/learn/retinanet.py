@@ -80,6 +80,18 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], valley_lr: float) 
             own suggestion functions, so pass the recorder's full lists).
         losses: the smoothed loss at each rate.
         valley_lr: fastai's valley suggestion.
+
+    Returns:
+        The learning rate: ``valley_lr`` or a fifteenth of the take-off rate, whichever is higher.
+
+    Examples:
+        A curve flat until 1e-2, where it doubles: a fifteenth of 1e-2 beats a valley at 1e-5.
+
+        >>> lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+        >>> round(suggest_lr(lrs, [4.0, 4.0, 3.9, 8.0, 50.0], valley_lr=1e-5), 6)
+        0.000667
+        >>> suggest_lr(lrs, [4.0, 3.0, 2.0, 1.9, 1.8], valley_lr=1e-3)  # no take-off: the valley
+        0.001
     """
     losses = torch.as_tensor([float(v) for v in losses], dtype=torch.float64)
     running_min = torch.cummin(losses, dim=0).values
