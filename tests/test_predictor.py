@@ -16,6 +16,7 @@ from geolearn.models.predictor import (
     ImageDetections,
     detect_windows,
     merge_detections,
+    network_runner,
     plan_windows,
     predict_tiles,
     seam_filter,
@@ -322,3 +323,23 @@ def test_real_network_refuses_wrong_anchors_and_integer_images(random_retinanet,
         predict_tiles(random_retinanet, torch.zeros(3, 64, 64), make_anchors(32), 64)
     with pytest.raises(ValueError, match="torch.uint8"):
         predict_tiles(random_retinanet, torch.zeros(3, 256, 256, dtype=torch.uint8), make_anchors(256), 256)
+
+
+def test_bf16_runner_casts_weights_once_and_matches_plain_autocast():
+    """The CPU bf16 runner (convolution weights cast once) finds exactly what autocast over the model finds."""
+    from geolearn.models.postprocess import detect
+
+    torch.manual_seed(0)
+    model = build_retinanet("resnet18", n_classes=2, pretrained=False).eval()
+    for head in (model.classifier, model.box_regressor):
+        torch.nn.init.normal_(head[-1].weight, std=0.05)  # heads that fire on random input
+    anchors, crops = make_anchors(64), torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        found = network_runner(model, anchors, 64, score_thresh=0.3, autocast_dtype=torch.bfloat16)(crops)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = detect(model(crops), anchors, 64, score_thresh=0.3, nms_overlap=0.1)
+    assert sum(len(d.scores) for d in expected) > 0
+    for got, want in zip(found, expected):
+        torch.testing.assert_close(got.chip_boxes, want.chip_boxes, rtol=0, atol=0)
+        torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=0)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself is untouched

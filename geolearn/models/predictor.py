@@ -817,16 +817,13 @@ def network_runner(
     def run_batch(crops: Tensor) -> list[Detections]:
         nonlocal cast_weights
         crops = crops.to(device, non_blocking=True)
-        if autocast_dtype is None:
-            output = model(crops)
-        else:
-            with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-                if cast_once:
-                    if cast_weights is None:
-                        cast_weights = convolution_weights(model, autocast_dtype)
-                    output = torch.func.functional_call(model, cast_weights, (crops,), strict=False)
-                else:
-                    output = model(crops)
+        if cast_once and cast_weights is None:
+            cast_weights = convolution_weights(model, autocast_dtype)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            if cast_once:
+                output = torch.func.functional_call(model, cast_weights, (crops,), strict=False)
+            else:
+                output = model(crops)
         if output[0].shape[1] != len(anchors):
             raise ValueError(
                 f"the network gives {output[0].shape[1]} anchors per {chip_size} px chip but anchors has "
