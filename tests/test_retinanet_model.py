@@ -179,3 +179,42 @@ def test_joint_batch_norm_equals_batch_norm_over_the_concatenated_levels(channel
     torch.testing.assert_close(norm.running_mean, reference.running_mean)
     torch.testing.assert_close(norm.running_var, reference.running_var)
     assert int(norm.num_batches_tracked) == 1
+
+
+def test_pyramid_conv_on_a_one_pixel_map_equals_the_conv_and_its_gradients_stay_finite():
+    """On a 1×1 map (P6 of a 64 px chip) the pyramid conv is its centre tap: same output and
+    gradients as ``nn.Conv2d``, and no NaN in bfloat16, where PyTorch's own stride-2 kernel
+    gives a NaN weight gradient a few times in a thousand (about 6 in 1000 batches of 2)."""
+    from geolearn.models.retinanet import _pyramid_conv
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(256, 256, 3, stride=2, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 256, 1, 1).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours = _pyramid_conv(conv, x)
+    ours.square().sum().backward()
+    our_grads = conv.weight.grad.clone(), conv.bias.grad.clone(), x.grad.clone()
+    conv.zero_grad(), x.grad.zero_()
+    reference = conv(x)
+    reference.square().sum().backward()
+    torch.testing.assert_close(ours, reference)
+    for got, expected in zip(our_grads, (conv.weight.grad, conv.bias.grad, x.grad)):
+        torch.testing.assert_close(got, expected)
+    assert conv.weight.grad[:, :, 0].abs().max() == 0  # the padding taps learn nothing
+
+    non_finite = 0
+    for _ in range(1000):
+        conv.zero_grad()
+        x = torch.randn(2, 256, 1, 1).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = _pyramid_conv(conv, torch.relu(x))
+        out.float().sum().backward()
+        non_finite += not torch.isfinite(conv.weight.grad).all()
+    assert non_finite == 0
+
+
+def test_pyramid_conv_on_larger_maps_is_the_conv():
+    from geolearn.models.retinanet import _pyramid_conv
+
+    conv = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+    x = torch.randn(1, 8, 3, 3)
+    assert torch.equal(_pyramid_conv(conv, x), conv(x))

@@ -46,6 +46,20 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int
     return conv
 
 
+def _pyramid_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` for a 3×3 pyramid conv with padding 1, computed directly on a 1×1 map.
+
+    On a 1×1 map only the kernel's centre tap meets data (the other eight meet the zero padding),
+    so the output is that tap applied as a 1×1 convolution: the same values and gradients. It is
+    done by hand because PyTorch 2.14's CPU kernel for a stride-2 convolution in bfloat16 (oneDNN)
+    puts NaN in the weight gradient of a padding tap a few times in a thousand on a 1×1 input —
+    P6 is 1×1 on chips of 64 px and under — and one NaN ruins the model.
+    """
+    if x.shape[-2:] == (1, 1):
+        return F.conv2d(x, conv.weight[:, :, 1:2, 1:2], conv.bias)
+    return conv(x)
+
+
 def _head(chs: int, n_out: int, final_bias: float, n_conv: int = 4) -> nn.Sequential:
     """``n_conv`` × Sequential(conv 3×3, ReLU, BatchNorm) then a zero-weight conv to ``n_out`` channels."""
     layers: list[nn.Module] = [nn.Sequential(_conv(chs, chs), nn.ReLU(), nn.BatchNorm2d(chs)) for _ in range(n_conv)]
@@ -212,8 +226,9 @@ class RetinaNetModel(nn.Module):
         """
         c3, c4, c5 = self._encode(images)
         p5 = self.c5top5(c5)
-        p6 = self.c5top6(c5)
-        p7 = self.p6top7(p6)
+        p6 = _pyramid_conv(self.c5top6, c5)
+        relu, conv = self.p6top7
+        p7 = _pyramid_conv(conv, relu(p6))
         p4 = self.merges[0](p5, c4)  # from the unsmoothed P5, as arcgis.learn does
         p3 = self.merges[1](p4, c3)
         smoothed = [smooth(p) for smooth, p in zip(self.smoothers, (p3, p4, p5))]
