@@ -465,7 +465,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``geolearn`` console script; returns the exit code."""
+    """Entry point of the ``geolearn`` console script; returns the exit code.
+
+    Args:
+        argv: the command line after ``geolearn`` (``["export", "scene.tif", ...]``); None reads
+            ``sys.argv[1:]``.
+
+    Returns:
+        0 when the command is done; 2 for bad input, with a message on stderr that says what to fix.
+
+    Examples:
+        ``geolearn export scene.tif scene_labels.gpkg chips --chip-size 128 --stride 128 -q`` at a
+        prompt is:
+
+        >>> import tempfile
+        >>> from geolearn.data.synthetic import make_scene
+        >>> scene = make_scene(tempfile.mkdtemp(), size=512, seed=0)  # a 512 x 512 px GeoTIFF and its labels
+        >>> folder = scene.raster.parent
+        >>> main(["export", str(scene.raster), str(scene.labels), str(folder / "chips"),
+        ...       "--chip-size", "128", "--stride", "128", "-q"])
+        exporting 128 x 128 px chips every 128 px from .../scene.tif with labels .../scene_labels.gpkg ...
+        wrote 8 chips and their labels to .../chips (train on it: geolearn train .../chips --out MODEL)
+        0
+        >>> main(["detect", str(folder / "missing.tif"), "--model", "model.dlpk", "--out", str(folder / "found.gpkg")])
+        2
+    """
     args = build_parser().parse_args(argv)
     # Library deprecation chatter (fastai's import of torch.jit.script) is noise to a GIS analyst at a prompt.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)

@@ -77,6 +77,15 @@ def draw_boxes(
         colors: RGB in [0, 1] per entry of ``classes``.
         scores: optional confidence per box, shown after the name.
         alpha: line opacity.
+
+    Examples:
+        >>> import torch
+        >>> ax = Figure().subplots()
+        >>> chip_boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0], [0.0, 0.0, 0.0, 0.0]])  # a pool, then padding
+        >>> draw_boxes(ax, chip_boxes, [1, 0], ["background", "pool"], [(0, 0, 0), (0.0, 0.66, 0.52)],
+        ...            scores=[0.9, 0.0])
+        >>> len(ax.patches), [text.get_text() for text in ax.texts]
+        (1, ['pool 0.90'])
     """
     for i, ((xmin, ymin, xmax, ymax), label) in enumerate(zip(chip_boxes.tolist(), [int(v) for v in labels])):
         if label == 0:
@@ -117,6 +126,16 @@ def plot_chips(
 
     Returns:
         The Figure.
+
+    Examples:
+        >>> import torch
+        >>> images = [torch.rand(3, 8, 8), torch.zeros(3, 8, 8)]  # the second chip is background
+        >>> chip_boxes = [torch.tensor([[1.0, 1.0, 5.0, 5.0]]), torch.zeros(1, 4)]
+        >>> labels = [torch.tensor([1]), torch.tensor([0])]
+        >>> figure = plot_chips(images, chip_boxes, labels, classes=["background", "pool"],
+        ...                     colors=[(0, 0, 0), (0.0, 0.66, 0.52)], rows=2)
+        >>> type(figure).__name__, len(figure.axes), len(figure.axes[0].patches)
+        ('Figure', 4, 1)
     """
     figure = Figure(figsize=figsize or (3 * rows, 3 * rows))
     axes = figure.subplots(rows, rows, squeeze=False)
@@ -136,6 +155,17 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], chosen: float) -
         lrs: learning rate of each step.
         losses: smoothed training loss of each step.
         chosen: the suggested learning rate.
+
+    Returns:
+        The Figure.
+
+    Examples:
+        >>> import tempfile
+        >>> lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+        >>> figure = plot_lr_find(lrs, [2.0, 1.9, 1.2, 0.9, 3.0], chosen=1e-3)
+        >>> figure.axes[0].get_xscale(), figure.axes[0].get_legend().get_texts()[0].get_text()
+        ('log', 'chosen: 1.00e-03')
+        >>> figure.savefig(f"{tempfile.mkdtemp()}/lr_find.png")  # a script saves it; Jupyter shows it
     """
     figure = Figure(figsize=(6, 4))
     ax = figure.subplots()
@@ -156,7 +186,22 @@ def plot_losses(
     valid_iterations: Sequence[int],
     valid_losses: Sequence[float],
 ) -> Figure:
-    """Training loss per batch and validation loss per epoch against batches seen."""
+    """Training loss per batch and validation loss per epoch against batches seen.
+
+    Args:
+        train_iterations: batches processed at each training loss.
+        train_losses: training loss of each batch.
+        valid_iterations: batches processed at the end of each epoch.
+        valid_losses: validation loss of each epoch; empty draws the training curve only.
+
+    Returns:
+        The Figure.
+
+    Examples:
+        >>> figure = plot_losses([0, 1, 2, 3], [1.5, 1.2, 1.0, 0.9], [1, 3], [1.3, 1.1])
+        >>> [line.get_label() for line in figure.axes[0].get_lines()]
+        ['train', 'valid']
+    """
     figure = Figure(figsize=(6, 4))
     ax = figure.subplots()
     ax.plot(train_iterations, train_losses, label="train")
@@ -186,6 +231,16 @@ def plot_detections(
         scores: score per box.
         classes: class names by index, as in :func:`draw_boxes`.
         colors: RGB in [0, 1] by class index, as in :func:`draw_boxes`.
+
+    Returns:
+        The Figure, 8 inches wide, its height following the image's aspect ratio.
+
+    Examples:
+        >>> import torch
+        >>> figure = plot_detections(torch.rand(3, 32, 64), torch.tensor([[4.0, 4.0, 20.0, 12.0]]), [1], [0.87],
+        ...                          ["background", "pool"], [(0, 0, 0), (0.0, 0.66, 0.52)])
+        >>> figure.get_size_inches().tolist(), [text.get_text() for text in figure.axes[0].texts]
+        ([8.0, 4.0], ['pool 0.87'])
     """
     height, width = image.shape[1:]
     figure = Figure(figsize=(8, 8 * height / max(width, 1)))
@@ -212,6 +267,20 @@ def plot_ground_truth_and_predictions(
         predictions: per chip ``(chip_boxes, labels, scores)``.
         classes: class names by index, as in :func:`draw_boxes`.
         colors: RGB in [0, 1] by class index, as in :func:`draw_boxes`.
+
+    Returns:
+        The Figure: ``len(images)`` rows of two axes.
+
+    Examples:
+        >>> import torch
+        >>> images = [torch.rand(3, 16, 16), torch.rand(3, 16, 16)]
+        >>> targets = [(torch.tensor([[2.0, 2.0, 8.0, 8.0]]), torch.tensor([1])), (torch.zeros(0, 4), torch.zeros(0))]
+        >>> predictions = [(torch.tensor([[3.0, 2.0, 8.0, 9.0]]), torch.tensor([1]), torch.tensor([0.8])),
+        ...                (torch.zeros(0, 4), torch.zeros(0), torch.zeros(0))]  # nothing found in the second chip
+        >>> figure = plot_ground_truth_and_predictions(images, targets, predictions, ["background", "pool"],
+        ...                                            [(0, 0, 0), (0.0, 0.66, 0.52)])
+        >>> len(figure.axes), [text.get_text() for text in figure.axes[1].texts]
+        (4, ['pool 0.80'])
     """
     rows = max(len(images), 1)
     figure = Figure(figsize=(8, 4 * rows))
@@ -276,6 +345,26 @@ def plot_scene_detections(
 
     Returns:
         The Figure (map coordinates on the axes, a legend with counts per class).
+
+    Examples:
+        >>> import tempfile
+        >>> import geopandas as gpd, numpy as np, rasterio
+        >>> from rasterio.transform import from_origin
+        >>> from shapely.geometry import box
+        >>> path = f"{tempfile.mkdtemp()}/scene.tif"  # 64 x 64 px at 0.5 m in UTM 33N
+        >>> with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+        ...                    crs="EPSG:32633", transform=from_origin(500000, 4650032, 0.5, 0.5)) as dst:
+        ...     dst.write(np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype="uint8"))
+        >>> detections = gpd.GeoDataFrame(
+        ...     {"Class": ["pool", "tree", "tree"], "Confidence": [91.0, 80.0, 75.0]},
+        ...     geometry=[box(500002, 4650020, 500006, 4650024), box(500010, 4650010, 500013, 4650013),
+        ...               box(500020, 4650002, 500024, 4650006)], crs="EPSG:32633")
+        >>> figure = plot_scene_detections(path, detections, max_size=32)
+        >>> ax = figure.axes[0]
+        >>> ax.get_title(), [text.get_text() for text in ax.get_legend().get_texts()]
+        ('scene.tif: 3 detections', ['pool (1)', 'tree (2)'])
+        >>> ax.get_images()[0].get_array().shape  # read downsampled to max_size
+        (32, 32, 3)
     """
     from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The docstrings of the data, models, metrics, errors and learn (package, evaluation, precision) layers.
+"""The docstrings of the data, models, metrics, errors, learn and inference layers, the figures and the CLI.
 
 Two checks per module:
 
@@ -63,6 +63,13 @@ MODULES = [
     "geolearn.learn.package",
     "geolearn.learn.evaluation",
     "geolearn.learn.precision",
+    "geolearn.learn.callbacks",
+    "geolearn.learn.retinanet",
+    "geolearn.inference.detect",
+    "geolearn.inference.distributed",
+    "geolearn.inference.merge",
+    "geolearn.viz",
+    "geolearn.cli",
 ]
 
 # Modules whose docstrings hold no example of their own (a package re-exporting its modules' names).

@@ -132,6 +132,16 @@ def parse_model_arguments(model_arguments: Mapping[str, Any] | None) -> dict[str
     Raises:
         InvalidArgumentError: an unknown key (the message names it, the close match and the
             keys geolearn takes) or a value that does not convert.
+
+    Examples:
+        >>> parse_model_arguments({"threshold": "0.4", "padding": "64", "exclude_pad_detections": "False"})
+        {'threshold': 0.4, 'padding': 64, 'exclude_pad_detections': False}
+        >>> parse_model_arguments(None)
+        {}
+        >>> parse_model_arguments({"treshold": 0.4})
+        Traceback (most recent call last):
+        ...
+        geolearn.errors.InvalidArgumentError: ... unknown keys 'treshold' (did you mean 'threshold'?); ...
     """
     if model_arguments is None:
         return {}
@@ -177,6 +187,16 @@ def resolve_rasters(input_raster: PathLike | Sequence[PathLike]) -> list[Path]:
 
     Raises:
         InputNotFoundError: a file or folder that does not exist, a pattern or folder without rasters.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("b.tif", "a.tif", "c.vrt", "notes.txt"):
+        ...     (folder / name).touch()
+        >>> [p.name for p in resolve_rasters(folder)]  # the folder's rasters, sorted
+        ['a.tif', 'b.tif', 'c.vrt']
+        >>> [p.name for p in resolve_rasters([folder / "b.tif", f"{folder}/*.tif"])]  # given order, no duplicates
+        ['b.tif', 'a.tif']
     """
     items = [input_raster] if isinstance(input_raster, (str, os.PathLike)) else list(input_raster)
     if not items:
@@ -214,7 +234,11 @@ class RasterHeader:
         crs: its CRS (None when it has none).
         footprint: its extent as a polygon in its own CRS (the affine applied to the pixel
             grid's four corners, so rotated rasters are exact).
-        width, height: size in pixels.
+        width: size in pixels, across.
+        height: size in pixels, down.
+
+    Examples:
+        See :func:`read_header`, which returns it.
     """
 
     path: Path
@@ -227,8 +251,26 @@ class RasterHeader:
 def read_header(path: Path) -> RasterHeader:
     """Reads a raster's :class:`RasterHeader` (no pixels).
 
+    Args:
+        path: the raster file (anything rasterio opens).
+
+    Returns:
+        Its path, CRS, footprint in that CRS, width and height.
+
     Raises:
         ImageReadError: rasterio cannot open the file.
+
+    Examples:
+        >>> import tempfile
+        >>> import rasterio
+        >>> from rasterio.transform import from_origin
+        >>> path = Path(tempfile.mkdtemp()) / "tile.tif"  # 20 x 10 px at 0.5 m in UTM 33N
+        >>> with rasterio.open(path, "w", driver="GTiff", width=20, height=10, count=1, dtype="uint8",
+        ...                    crs="EPSG:32633", transform=from_origin(500000, 4650005, 0.5, 0.5)):
+        ...     pass
+        >>> header = read_header(path)
+        >>> header.crs.to_epsg(), header.footprint.bounds, (header.width, header.height)
+        (32633, (500000.0, 4650000.0, 500010.0, 4650005.0), (20, 10))
     """
     import rasterio
     from rasterio.errors import RasterioIOError
@@ -332,6 +374,26 @@ def merge_detections(
 
     Returns:
         The merged GeoDataFrame, in the first raster's CRS.
+
+    Examples:
+        >>> import tempfile
+        >>> import rasterio
+        >>> from rasterio.transform import from_origin
+        >>> from shapely.geometry import box
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name, left in (("west.tif", 500000), ("east.tif", 500010)):  # two 10 x 10 px tiles at 1 m
+        ...     with rasterio.open(folder / name, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8",
+        ...                        crs="EPSG:32633", transform=from_origin(left, 4650010, 1, 1)):
+        ...         pass
+        >>> headers = [read_header(folder / "west.tif"), read_header(folder / "east.tif")]
+        >>> west = gpd.GeoDataFrame({"Class": ["pool", "tree"], "Confidence": [70.0, 80.0]}, crs="EPSG:32633",
+        ...                         geometry=[box(500007, 4650004, 500010, 4650006),  # cut by the seam x = 500010
+        ...                                   box(500002, 4650002, 500004, 4650004)])
+        >>> east = gpd.GeoDataFrame({"Class": ["pool"], "Confidence": [90.0]}, crs="EPSG:32633",
+        ...                         geometry=[box(500010, 4650004, 500012, 4650006)])  # the pool's other piece
+        >>> merged = merge_detections([west, east], headers)
+        >>> merged[["Class", "Confidence"]].values.tolist(), merged.geometry.bounds.values[0].tolist()
+        ([['pool', 90.0], ['tree', 80.0]], [500007.0, 4650004.0, 500012.0, 4650006.0])
     """
     crs = _tile_crs(headers)
     parts = []

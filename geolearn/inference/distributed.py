@@ -69,6 +69,23 @@ def load_cached_model(package: str | os.PathLike) -> Any:
 
     Raises:
         InputNotFoundError: the package is not there (on this worker).
+
+    Examples:
+        >>> import tempfile
+        >>> from geolearn.data.esri import ClassInfo
+        >>> from geolearn.learn.package import build_emd, save_package
+        >>> from geolearn.models.retinanet import build_retinanet
+        >>> network = build_retinanet("resnet18", n_classes=1, pretrained=False, n_anchors=1)  # untrained
+        >>> emd = build_emd(model_file="pools.pth", backbone="resnet18", scales=[1.0], ratios=[1.0],
+        ...                 classes=[ClassInfo(1, "pool", (0, 168, 132))], chip_size=64, extract_bands=[0, 1, 2])
+        >>> folder = save_package(Path(tempfile.mkdtemp()) / "pools", "pools", state_dict=network.state_dict(), emd=emd)
+        >>> model = load_cached_model(folder / "pools.emd")
+        >>> type(model).__name__, model.backbone
+        ('RetinaNet', 'resnet18')
+        >>> load_cached_model(folder / "pools.emd") is model  # the second task on this worker reuses it
+        True
+        >>> loaded_packages()[str((folder / "pools.emd").resolve())]
+        1
     """
     from geolearn.learn.retinanet import RetinaNet
 
@@ -91,7 +108,23 @@ def load_cached_model(package: str | os.PathLike) -> Any:
 
 
 def loaded_packages() -> dict[str, int]:
-    """How many times this process loaded each package (for ``client.run``: one per worker expected)."""
+    """How many times this process loaded each package (for ``client.run``: one per worker expected).
+
+    Returns:
+        ``{absolute package path: loads}`` of :func:`load_cached_model` in this process.
+
+    Examples:
+        Asked of every worker of a cluster, after a run on a saved model:
+
+        >>> client.run(loaded_packages)  # doctest: +SKIP
+        {'tcp://127.0.0.1:40527': {'/shared/models/trees/trees.dlpk': 1},
+         'tcp://127.0.0.1:43911': {'/shared/models/trees/trees.dlpk': 1}}
+
+        In this process (see :func:`load_cached_model` for a load):
+
+        >>> all(Path(path).is_absolute() and loads >= 1 for path, loads in loaded_packages().items())
+        True
+    """
     return dict(_LOADS)
 
 
@@ -127,6 +160,17 @@ def detect_on_cluster(
 
     Returns:
         One GeoDataFrame per raster, as ``model.detect_objects(raster, **arguments)`` returns it.
+
+    Examples:
+        ``detect_objects(..., client=client)`` calls it and merges the frames; called directly:
+
+        >>> from distributed import Client, LocalCluster  # doctest: +SKIP
+        >>> from geolearn.inference.detect import resolve_rasters
+        >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))  # doctest: +SKIP
+        >>> rasters = resolve_rasters("tiles/*.tif")  # doctest: +SKIP
+        >>> frames = detect_on_cluster(client, rasters, "models/trees/trees.dlpk", {"threshold": 0.4})  # doctest: +SKIP
+        >>> len(frames) == len(rasters), list(frames[0].columns)  # doctest: +SKIP
+        (True, ['Class', 'Confidence', 'geometry'])
     """
     from distributed import as_completed
 

@@ -129,6 +129,17 @@ def merge_tile_seams(
 
     Raises:
         ValueError: a negative tolerance, or a tile index outside ``footprints``.
+
+    Examples:
+        >>> from shapely.geometry import box
+        >>> footprints = [box(0, 0, 10, 10), box(10, 0, 20, 10)]  # two tiles side by side, seam at x = 10
+        >>> frame = gpd.GeoDataFrame(
+        ...     {"tile": [0, 1, 0], "Class": ["pool", "pool", "tree"], "Confidence": [70.0, 90.0, 80.0]},
+        ...     geometry=[box(7, 4, 10, 6), box(10, 4, 12, 6), box(2, 2, 4, 4)],  # a pool cut by the seam, a tree
+        ...     crs="EPSG:32633")
+        >>> joined = merge_tile_seams(frame, footprints, tolerance=0.5)
+        >>> joined[["tile", "Class", "Confidence"]].values.tolist(), joined.geometry.bounds.values.tolist()
+        ([[1, 'pool', 90.0], [0, 'tree', 80.0]], [[7.0, 4.0, 12.0, 6.0], [2.0, 2.0, 4.0, 4.0]])
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 CRS units, got {tolerance!r}")
@@ -214,6 +225,17 @@ def suppress_overlaps(
 
     Raises:
         ValueError: ``max_overlap_ratio`` outside [0, 1].
+
+    Examples:
+        >>> from shapely.geometry import box
+        >>> frame = gpd.GeoDataFrame(
+        ...     {"Class": ["pool", "pool", "tree"], "Confidence": [60.0, 90.0, 80.0]},
+        ...     geometry=[box(0, 0, 4, 4), box(1, 0, 5, 4), box(4, 0, 8, 4)],  # pools: IoU 0.6; the tree touches
+        ...     crs="EPSG:32633")
+        >>> suppress_overlaps(frame)[["Class", "Confidence"]].values.tolist()  # ArcGIS's default 0: no overlap
+        [['pool', 90.0], ['tree', 80.0]]
+        >>> len(suppress_overlaps(frame, max_overlap_ratio=0.7))  # overlapping objects kept up to IoU 0.7
+        3
     """
     if not 0 <= max_overlap_ratio <= 1:
         raise ValueError(f"max_overlap_ratio must be in [0, 1] (an intersection over union), "
