@@ -54,8 +54,11 @@ def size_bucket(size: float) -> str:
     return f">={SIZE_EDGES[-1]}"
 
 
-def recall_by_size(preds, targets, classes, min_score=0.3, iou=0.5) -> dict[str, str]:
-    """``'tree<12': 'found/total'``: ground truths with a detection of their class at IoU >= ``iou``."""
+def recall_by_size(preds, targets, classes, zoom=1.0, min_score=0.3, iou=0.5) -> dict[str, str]:
+    """``'tree<12': 'found/total'``: ground truths with a detection of their class at IoU >= ``iou``.
+
+    Sizes are in the exported chips' pixels: those the network sees divided by ``zoom``.
+    """
     from torchvision.ops import box_iou
 
     counts: dict[tuple[str, str], list[int]] = {}
@@ -64,7 +67,7 @@ def recall_by_size(preds, targets, classes, min_score=0.3, iou=0.5) -> dict[str,
             gt = gt_boxes[gt_labels == cls]
             found = boxes[(scores >= min_score) & (labels == cls)]
             best = box_iou(gt, found).max(1).values if len(found) else torch.zeros(len(gt))
-            sizes = ((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])).sqrt()
+            sizes = ((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])).sqrt() / zoom
             for size, hit in zip(sizes.tolist(), (best >= iou).tolist()):
                 tally = counts.setdefault((classes[cls], size_bucket(size)), [0, 0])
                 tally[0] += hit
@@ -80,13 +83,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--scales", help="comma-separated anchor scales (ratios stay fitted); default 'auto'")
     parser.add_argument("--clip", type=float, default=0, help="fastai GradientClip max norm (0: none)")
+    parser.add_argument("--resize-to", type=int, default=None,
+                        help="train and evaluate on chips enlarged to this side (prepare_data's resize_to)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="run")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
     torch.manual_seed(args.seed)
-    data = prepare_data(args.chips or demo_chips(), chip_size=CHIP_PX, batch_size=args.batch_size)
+    side = args.resize_to or CHIP_PX
+    data = prepare_data(args.chips or demo_chips(), chip_size=side, resize_to=args.resize_to,
+                        batch_size=args.batch_size)
     scales, ratios = "auto", None
     if args.scales:
         scales = [float(value) for value in args.scales.split(",")]
@@ -96,19 +103,19 @@ def main() -> None:
         from fastai.callback.training import GradientClip
 
         model.learn.add_cb(GradientClip(args.clip))
-    lr = args.lr if args.lr is not None else model.lr_find(allow_plot=False)
+    lr = args.lr if args.lr is not None else model.lr_find(allow_plot=False, num_it=50)  # the demo's 50 batches
     start = time.perf_counter()
     model.fit(args.epochs, lr=lr, checkpoint=False)
     seconds = time.perf_counter() - start
 
-    settings = DetectionSettings(model.anchors, CHIP_PX, AP_DETECT_THRESH, DENSE_NMS_OVERLAP, 0.5)
+    settings = DetectionSettings(model.anchors, side, AP_DETECT_THRESH, DENSE_NMS_OVERLAP, 0.5)
     preds, targets = evaluate(model.model, data.valid, settings, model._precision_dtype(), False)
     names = data.classes  # labels count from 1; 0 is the background
     ap = {iou: average_precision(preds, targets, iou_thresh=iou) for iou in (0.5, 0.1)}
     per_class = {iou: {names[c]: round(v, 3) for c, v in values.items()} for iou, values in ap.items()}
     print(f"RESULT {args.tag} scales {[round(s, 3) for s in model.scales]} ratios {model.ratios} "
           f"lr {lr:.2e} epochs {args.epochs} fit {seconds:.0f}s AP@0.5 {per_class[0.5]} AP@0.1 {per_class[0.1]} "
-          f"recall {recall_by_size(preds, targets, names)}", flush=True)
+          f"resize_to {args.resize_to} recall {recall_by_size(preds, targets, names, side / CHIP_PX)}", flush=True)
 
 
 if __name__ == "__main__":

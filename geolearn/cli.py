@@ -20,7 +20,7 @@ from geolearn.errors import GeolearnError
 __all__ = ["main"]
 
 SAMPLE_NAME = "sample_scene"
-DEMO_EPOCHS = 10
+DEMO_EPOCHS = 7
 # Crowns in a stand touch: their boxes overlap by more than arcgis.learn's NMS default (0.1).
 DENSE_NMS_OVERLAP = 0.5
 # AP ranks detections by score; a high threshold would cut the precision-recall curve short
@@ -29,6 +29,12 @@ AP_DETECT_THRESH = 0.05
 # The lowest confidence of an object the demo reports over the whole scene.
 SCENE_THRESHOLD = 0.4
 CHIP_PX = 256
+# The network sees the chips enlarged 1.5× (prepare_data's resize_to). The sample's smallest
+# crowns are 10 px; with P3 anchors 8 px apart such a box gets at most one anchor of IoU >= 0.5,
+# and from random weights the model barely finds them (tree AP@0.5 about 0.73 after 10 epochs at
+# 256 px). At 384 px they are 15 px, and 7 epochs cost about the same time as 10 at 256 px
+# (benchmarks/demo_recipe.py). predict and detect_objects enlarge the imagery alike (model zoom).
+TRAIN_PX = 384
 HELD_BACK_PX = 512
 # Objects cut by a chip edge are labelled in that chip when at least a quarter of them is inside,
 # the same rule the training crops apply (geolearn.data.transforms.MIN_VISIBLE_FRACTION).
@@ -103,8 +109,8 @@ def _demo(args: argparse.Namespace) -> int:
         min_polygon_overlap_ratio=MIN_OVERLAP,
         overwrite=True,  # the demo's own output folder
     )
-    print(f"2/7 prepare_data({chips}) ...")
-    data = prepare_data(chips, chip_size=CHIP_PX, batch_size=8)
+    print(f"2/7 prepare_data({chips}, chip_size={TRAIN_PX}, resize_to={TRAIN_PX}) ...")
+    data = prepare_data(chips, chip_size=TRAIN_PX, resize_to=TRAIN_PX, batch_size=8)
     print(f"    classes {data.classes}, {len(data.train_ds)} training and {len(data.valid_ds)} validation chips")
     _save(data.show_batch(rows=3), out / "show_batch.png")
     if args.epochs == 0:
@@ -217,8 +223,9 @@ def _train(args: argparse.Namespace) -> int:
     _require_paths(CHIPS=args.chips)
     folder = Path(args.out).resolve()
     _check_model_folder(folder, args.overwrite)
-    print(f"1/5 prepare_data({args.chips}, chip_size={args.chip_size}, batch_size={args.batch_size}) ...")
-    data = prepare_data(args.chips, chip_size=args.chip_size, batch_size=args.batch_size,
+    print(f"1/5 prepare_data({args.chips}, chip_size={args.chip_size}, resize_to={args.resize_to}, "
+          f"batch_size={args.batch_size}) ...")
+    data = prepare_data(args.chips, chip_size=args.chip_size, resize_to=args.resize_to, batch_size=args.batch_size,
                         val_split_pct=args.val_split)
     print(f"    classes {data.classes[1:]}, {len(data.train_ds)} training and {len(data.valid_ds)} validation chips")
     auto = args.scales == "auto"
@@ -368,6 +375,10 @@ def _add_train(commands) -> None:
     train.add_argument("--chip-size", type=_positive_int, default=224, metavar="PX",
                        help="side, in pixels, of the square the network sees; chips are cropped or padded to it "
                        "(default 224)")
+    train.add_argument("--resize-to", type=_positive_int, default=None, metavar="PX",
+                       help="enlarge (or shrink) every chip to this side before cropping, e.g. 384 for 256 px "
+                       "chips of objects about 10 px across; detection then enlarges the imagery alike "
+                       "(default: chips as exported)")
     train.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                        help="chips per training step; lower it when memory runs out (default 16)")
     train.add_argument("--epochs", type=_positive_int, default=10, metavar="N",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import geopandas as gpd
@@ -85,12 +86,15 @@ def test_export_train_detect_end_to_end(tmp_path, capsys):
                  "--stride", "64", "-q"]) == 0
     assert (chips / "esri_model_definition.emd").exists()
     assert "chips and their labels to" in capsys.readouterr().out
-    assert main(["train", str(chips), "--out", str(model), "--backbone", "resnet18", "--chip-size", "64",
-                 "--batch-size", "4", "--epochs", "1", "--lr", "1e-3", "--no-pretrained", "--val-split", "0.3",
-                 "-q"]) == 0
+    # 64 px chips shown to the network at 96 px: the model records zoom 1.5 and detect applies it
+    assert main(["train", str(chips), "--out", str(model), "--backbone", "resnet18", "--chip-size", "96",
+                 "--resize-to", "96", "--batch-size", "4", "--epochs", "1", "--lr", "1e-3", "--no-pretrained",
+                 "--val-split", "0.3", "-q"]) == 0
     printed = capsys.readouterr().out
     assert "saved the model to" in printed and "pool" in printed
     assert (model / "model.dlpk").exists()
+    emd = json.loads((model / "model.emd").read_text())
+    assert emd["ImageHeight"] == 96 and emd["resize_to"] == 96 and emd["geolearn"]["zoom"] == 1.5
     assert main(["detect", str(scene.raster), "--model", str(model / "model.dlpk"), "--out", str(found),
                  "--threshold", "0.05", "--max-overlap-ratio", "0.5", "-q"]) == 0
     assert "features (fields Class, Confidence)" in capsys.readouterr().out

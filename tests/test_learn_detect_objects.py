@@ -9,6 +9,8 @@ known map coordinates must come back at those coordinates.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import subprocess
 import sys
@@ -214,6 +216,28 @@ def test_arguments_mode_and_memory_format(model, tmp_path):
     assert model.model.training
     assert len(empty) == 0 and list(empty.columns) == ["Class", "Confidence", "geometry"]
     assert empty.crs.to_epsg() == 32633
+
+
+def test_a_model_trained_on_enlarged_chips_sees_the_raster_enlarged_alike(model, tmp_path):
+    # Trained with resize_to: chips twice their exported side, so objects twice as large. Windows
+    # of 32 raster pixels are enlarged to the network's 64; padding 8 network px = 4 raster px.
+    model._facts = dataclasses.replace(model._facts, zoom=2.0)
+    seen = []
+    forward = model.model.forward
+    model.model.forward = lambda images: seen.append(tuple(images.shape[-2:])) or forward(images)
+    west, north = 500000.0, 4000000.0
+    pixels = dark(60, 80)
+    paint(pixels, 20, 10, 30, 16)  # 10 × 6 px; enlarged bilinearly, 128 is crossed at the same edges
+    path = write_raster(tmp_path / "zoomed.tif", pixels, from_origin(west, north, 0.5, 0.5), "EPSG:32633")
+    found = model.detect_objects(path, progress=False)
+    assert set(seen) == {(64, 64)}
+    assert model.model.crops_seen == 9  # columns 0, 24, 48 and rows 0, 24, 28 (the last flush with the edge)
+    assert len(found) == 1
+    expected = (west + 10.0, north - 8.0, west + 15.0, north - 5.0)  # columns 20..30, rows 10..16 at 0.5 m
+    assert found.geometry.iloc[0].bounds == pytest.approx(expected, abs=0.005)
+    # predict enlarges the image alike and returns boxes in its pixels: [xmin, ymin, width, height]
+    boxes, labels, _ = model.predict(pixels.transpose(1, 2, 0))
+    assert labels == ["pool"] and boxes[0] == pytest.approx([20.0, 10.0, 10.0, 6.0], abs=1e-3)
 
 
 def test_with_the_real_network(tiny_data, tmp_path):

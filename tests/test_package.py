@@ -240,8 +240,20 @@ def test_geolearn_extras_live_under_one_geolearn_object() -> None:
     assert own["chip_size"] == 64 and own["cell_size"] == 0.3 and own["crs_wkt"] == UTM33N_WKT
     assert own["n_bands"] == 3 and own["band_names"] == ["r", "g", "b"]
     assert own["dataset_type"] == "PASCAL_VOC_rectangles"  # from extras
+    assert own["zoom"] == 1.0
     with pytest.raises(ValueError, match="chip_size"):
         rgb_emd(extras={"chip_size": 5})
+    with pytest.raises(ValueError, match=r"zoom=0\b.*> 0"):
+        rgb_emd(zoom=0)
+
+
+@pytest.mark.parametrize("zoom", [0, -1.5, "2", True])
+def test_a_bad_zoom_in_the_emd_names_the_key(tmp_path: Path, zoom) -> None:
+    emd = rgb_emd()
+    emd["geolearn"]["zoom"] = zoom
+    folder = save_package(tmp_path / "z", "z", state_dict=tiny_state_dict(), emd=emd)
+    with pytest.raises(ModelDefinitionError, match=r"z\.emd: key 'geolearn\.zoom' must be a number > 0"):
+        read_emd(folder / "z.emd")
 
 
 # ----------------------------------------------------------------------------- save_package
@@ -331,13 +343,13 @@ def test_resolve_model_on_emd_folder_and_dlpk_gives_the_same_model(tmp_path: Pat
 def test_read_emd_round_trips_build_emd(tmp_path: Path) -> None:
     norm = ms_normalization()
     emd = rgb_emd(extract_bands=[0, 2, 3, 5], is_multispectral=True, normalization=norm, resize_to=80,
-                  band_names=["b1", "b3", "b4", "b6"], learning_rate=3e-4)
+                  zoom=1.25, band_names=["b1", "b3", "b4", "b6"], learning_rate=3e-4)
     folder = save_package(tmp_path / "ms", "ms", state_dict=tiny_state_dict(), emd=emd)
     model = read_emd(folder / "ms.emd")
     assert model.path == folder / "ms.emd" and model.model_file == folder / "ms.pth"
     assert model.backbone == "resnet18" and model.scales == SCALES and model.ratios == RATIOS
     assert model.classes == CLASSES and model.class_mapping == {1: "pool", 2: "tree"}
-    assert model.chip_size == 64 and model.resize_to == 80
+    assert model.chip_size == 64 and model.resize_to == 80 and model.zoom == 1.25
     assert model.extract_bands == [0, 2, 3, 5] and model.n_bands == 4 and model.is_multispectral
     assert model.normalization == norm
     assert model.band_names == ["b1", "b3", "b4", "b6"]
@@ -357,7 +369,7 @@ def test_read_emd_of_an_arcgis_learn_model_uses_defaults(tmp_path: Path) -> None
     assert not model.is_multispectral and model.normalization == Normalization.for_rgb8()
     assert model.normalization.mean == IMAGENET_MEAN and model.normalization.std == IMAGENET_STD
     assert model.learning_rate == pytest.approx(1e-4)  # the top of the slice
-    assert model.average_precision is None and model.resize_to is None
+    assert model.average_precision is None and model.resize_to is None and model.zoom == 1.0
     assert model.cell_size == 0.3 and model.crs_wkt is None
     assert model.geolearn == {} and not model.written_by_geolearn
     assert resolve_model(emd_path.parent)[0] == emd_path

@@ -99,7 +99,7 @@ CHARACTERISTICS_DIR = "ModelCharacteristics"
 METRICS_FILE = "model_metrics.html"
 
 # Keys of the "geolearn" object that build_emd fills itself; extras may not override them.
-_GEOLEARN_RESERVED = ("version", "normalization", "scales", "ratios", "chip_size", "cell_size",
+_GEOLEARN_RESERVED = ("version", "normalization", "scales", "ratios", "chip_size", "zoom", "cell_size",
                       "crs_wkt", "n_bands", "band_names")
 # Top-level entries of a model folder that a save may replace besides <name>.* (see the module doc).
 _PACKAGE_DIRS = (CHARACTERISTICS_DIR, "torch_scripts")
@@ -132,6 +132,8 @@ class ModelDefinition:
         n_bands: input bands of the network.
         band_names: names of the bands when known.
         resize_to: side chips were resized to before cropping, or None.
+        zoom: network pixels per imagery pixel (``resize_to`` over the exported chips' side;
+            1.0 without ``resize_to``): prediction enlarges imagery by it.
         learning_rate: the (last) learning rate, or None when unknown.
         average_precision: ``{class name: AP}`` when computed at save time.
         cell_size: ground sample distance of the training data (CRS units), when known.
@@ -156,6 +158,7 @@ class ModelDefinition:
     n_bands: int
     band_names: list[str] | None = None
     resize_to: int | None = None
+    zoom: float = 1.0
     learning_rate: float | None = None
     average_precision: dict[str, float] | None = None
     cell_size: float | None = None
@@ -262,6 +265,7 @@ def build_emd(
     extract_bands: Sequence[int],
     learning_rate: float | slice | None = None,
     resize_to: int | None = None,
+    zoom: float = 1.0,
     is_multispectral: bool = False,
     normalization: Normalization | Mapping[str, Any] | None = None,
     average_precision: Mapping[str, float] | None = None,
@@ -296,6 +300,8 @@ def build_emd(
         extract_bands: 0-based bands of the imagery the model reads.
         learning_rate: the last learning rate (a slice counts as its top), or None (the default).
         resize_to: side chips were resized to before cropping, pixels, or None (the default).
+        zoom: network pixels per imagery pixel, > 0 (``resize_to`` over the exported chips'
+            side). Default 1.0.
         is_multispectral: False (the default) for 8-bit RGB with ImageNet statistics.
         normalization: the data's :class:`Normalization` (or its ``to_json()`` dict); required
             for multispectral models; None (the default) means ImageNet statistics of 8-bit RGB.
@@ -345,6 +351,8 @@ def build_emd(
         raise ValueError("is_multispectral=True needs normalization= (the data's band statistics).")
     if norm is not None and norm.n_bands != n_bands:
         raise ValueError(f"normalization has {norm.n_bands} bands, the model reads {n_bands}: pass the data's own.")
+    if not zoom > 0:
+        raise ValueError(f"zoom={zoom!r}: network pixels per imagery pixel, a number > 0 (1.0 without resize_to).")
     cell_entry, gsd = _cell_size_entry(cell_size, crs_wkt)
     extras = dict(extras or {})
     clash = sorted(set(extras) & set(_GEOLEARN_RESERVED))
@@ -397,6 +405,7 @@ def build_emd(
         "scales": emd["ModelParameters"]["scales"],
         "ratios": emd["ModelParameters"]["ratios"],
         "chip_size": chip_size,
+        "zoom": float(zoom),
         "cell_size": gsd,
         "crs_wkt": crs_wkt,
         "n_bands": n_bands,
@@ -667,6 +676,11 @@ def read_emd(path: str | Path, *, require_model_file: bool = True) -> ModelDefin
     if resize_to is not None:
         resize_to = reader.integer("resize_to", resize_to, fix="Give one side in pixels, or null.")
 
+    zoom = geolearn.get("zoom", 1.0)
+    if isinstance(zoom, bool) or not isinstance(zoom, (int, float)) or not 0 < zoom < float("inf"):
+        raise reader.error("geolearn.zoom", "a number > 0", zoom,
+                           "Set it to resize_to over the exported chips' side (1.0 without resize_to).")
+
     band_names = geolearn.get("band_names")
     if band_names is None and is_multispectral and isinstance(emd.get("Bands"), list):
         band_names = emd["Bands"]
@@ -693,6 +707,7 @@ def read_emd(path: str | Path, *, require_model_file: bool = True) -> ModelDefin
         n_bands=n_bands,
         band_names=list(band_names) if band_names is not None else None,
         resize_to=resize_to,
+        zoom=float(zoom),
         learning_rate=_parse_learning_rate(emd.get("LearningRate")),
         average_precision=_parse_average_precision(emd.get("average_precision_score")),
         cell_size=float(cell_size) if isinstance(cell_size, (int, float)) and not isinstance(cell_size, bool) else None,

@@ -14,6 +14,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +38,7 @@ from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES, make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
 from geolearn.models.loss import RetinaNetLoss
-from geolearn.models.predictor import MergeMethod, network_runner, predict_tiles
+from geolearn.models.predictor import MergeMethod, network_runner, predict_tiles, zoomed_runner
 from geolearn.models.raster_detection import detect_raster
 from geolearn.models.retinanet import build_retinanet, param_groups
 from geolearn.viz import (
@@ -114,6 +115,9 @@ class ModelFacts:
         band_names: their names, when known.
         extract_bands: 0-based bands taken from an image (None: all).
         resize_to: side chips were squished to before cropping, or None.
+        zoom: network pixels per imagery pixel: ``resize_to`` over the side of the exported
+            chips, 1.0 without ``resize_to``. ``predict`` and ``detect_objects`` enlarge the
+            imagery by it, so that objects appear as large as in training.
         cell_size: ground sample distance of the training imagery (a number or Esri's
             ``{x, y, spatialReference}``), when known.
         crs_wkt: CRS of the training imagery, when known.
@@ -127,8 +131,21 @@ class ModelFacts:
     band_names: list[str] | None = None
     extract_bands: list[int] | None = None
     resize_to: int | None = None
+    zoom: float = 1.0
     cell_size: Any = None
     crs_wkt: str | None = None
+
+
+def _zoom(data) -> float:
+    """Network pixels per imagery pixel: ``resize_to`` over the commonest side of the training chips.
+
+    Chips of other sides are squished by other factors; no single factor fits them, and the
+    commonest one (an export writes chips of one size) is what prediction applies.
+    """
+    if not data.resize_to:
+        return 1.0
+    sides = Counter(read_image_info(image).width for image in data.train_ds.images)
+    return data.resize_to / sides.most_common(1)[0][0]
 
 
 def facts_from_data(data) -> ModelFacts:
@@ -144,6 +161,7 @@ def facts_from_data(data) -> ModelFacts:
         band_names=data.bands,
         extract_bands=data.extract_bands,
         resize_to=data.resize_to,
+        zoom=_zoom(data),
         cell_size=getattr(data, "cell_size", None),
         crs_wkt=getattr(data, "crs_wkt", None),
     )
@@ -568,6 +586,7 @@ class RetinaNet:
             band_names=definition.band_names,
             extract_bands=definition.extract_bands,
             resize_to=definition.resize_to,
+            zoom=definition.zoom,
             cell_size=definition.cell_size,
             crs_wkt=definition.crs_wkt,
         )
@@ -633,6 +652,7 @@ class RetinaNet:
             extract_bands=facts.extract_bands if facts.extract_bands is not None else list(range(facts.n_bands)),
             learning_rate=self._lr,
             resize_to=facts.resize_to,
+            zoom=facts.zoom,
             is_multispectral=not facts.normalization.imagenet,
             normalization=facts.normalization,
             average_precision=average_precision,
@@ -686,7 +706,9 @@ class RetinaNet:
         """Detects objects in one image of any size.
 
         Images larger than the chip are covered by overlapping chips run in batches;
-        an object on a seam between chips is reported once, with its whole box.
+        an object on a seam between chips is reported once, with its whole box. A model
+        trained on enlarged chips (``prepare_data(..., resize_to=...)``) sees the image enlarged
+        by the same factor (its ``zoom``); the boxes are in the image's pixels all the same.
 
         Args:
             image_path: a file rasterio reads (GeoTIFF, PNG, JPEG, ...) or an ``[H, W, C]`` array.
@@ -712,15 +734,17 @@ class RetinaNet:
                              "pass an image with the bands the model was trained on.")
         image = self._network_input(pixels)
         height, width = image.shape[1:]
-        size = self._facts.chip_size
-        if resize:
-            image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear",
-                                                    align_corners=False)[0]
+        size, zoom = self._facts.chip_size, self._facts.zoom
+        # resize: the whole image becomes one chip; else a model trained on enlarged chips
+        # (resize_to) sees the image enlarged alike.
+        seen = (size, size) if resize else (round(height * zoom), round(width * zoom))
+        if seen != (height, width):
+            image = torch.nn.functional.interpolate(image[None], size=seen, mode="bilinear", align_corners=False)[0]
         found = predict_tiles(self.model, image, self.anchors, size, score_thresh=threshold, nms_overlap=nms_overlap,
                               batch_size=batch_size, autocast_dtype=self._precision_dtype())
         image_boxes = found.image_boxes
-        if resize:
-            image_boxes = image_boxes * torch.tensor([width / size, height / size] * 2)
+        if seen != (height, width):
+            image_boxes = image_boxes * torch.tensor([width / seen[1], height / seen[0]] * 2)
         if visualize:
             self.predict_figure = plot_detections(self._facts.normalization.scale(pixels)[self._rgb_bands()],
                                                   image_boxes, found.labels, found.scores, self._facts.classes,
@@ -751,7 +775,8 @@ class RetinaNet:
         """Detects objects over a whole raster of any size; georeferenced polygons, like ArcGIS's tool.
 
         The raster is read window by window (chip-sized windows overlapping by ``2 · padding``
-        pixels) in a background thread, never whole; windows with no valid pixel are skipped
+        pixels; for a model trained on enlarged chips, windows of the chip size divided by its
+        ``zoom``, enlarged to the chip size) in a background thread, never whole; windows with no valid pixel are skipped
         without inference; the model's normalisation is applied, and the network runs in batches,
         channels_last, under ``torch.inference_mode()`` and, where the CPU or GPU has fast
         bfloat16, autocast. An object cut by a window edge is reported by the window that sees it
@@ -805,15 +830,21 @@ class RetinaNet:
             batch_size = 2 if next(self.model.parameters()).device.type == "cpu" else 8
         run_batch = network_runner(self.model, self.anchors, size, score_thresh=threshold, nms_overlap=nms_overlap,
                                    class_agnostic=class_agnostic, autocast_dtype=self._precision_dtype())
+        # Windows of raster pixels that enlarge to the chip size when the model was trained on
+        # enlarged chips (zoom = resize_to / exported chip side); padding scales with them.
+        window = round(size / self._facts.zoom)
+        if window != size:
+            run_batch = zoomed_runner(run_batch, window, size)
         was_training, was_channels_last = self.model.training, _is_channels_last(self.model)
         self.model.eval()
         self.model.to(memory_format=torch.channels_last)  # the windows arrive channels_last
         try:
             with torch.inference_mode():
                 found = detect_raster(
-                    run_batch, raster, chip_size=size, to_input=self._network_input,
+                    run_batch, raster, chip_size=window, to_input=self._network_input,
                     bands=bands if bands is not None else self._facts.extract_bands, n_bands=self._facts.n_bands,
-                    overlap=2 * padding, batch_size=batch_size, merge=merge, nms_overlap=nms_overlap,
+                    overlap=round(2 * padding * window / size), batch_size=batch_size, merge=merge,
+                    nms_overlap=nms_overlap,
                     class_agnostic=class_agnostic, edge_tolerance=2.0 if exclude_pad_detections else None,
                     progress=progress,
                 )

@@ -53,6 +53,7 @@ __all__ = [
     "merge_windows",
     "detect_windows",
     "network_runner",
+    "zoomed_runner",
     "convolution_weights",
     "predict_tiles",
 ]
@@ -834,6 +835,44 @@ def network_runner(
         )
 
     return run_batch
+
+
+def zoomed_runner(run_batch: RunBatch, window_size: int, chip_size: int) -> RunBatch:
+    """``run_batch`` for a network trained on enlarged chips: crops are enlarged to ``chip_size`` first.
+
+    A model trained with ``prepare_data(..., resize_to=R)`` on chips of ``s`` pixels saw objects
+    ``R / s`` times larger than the imagery shows them. Windows of ``window_size`` imagery pixels
+    are enlarged to ``chip_size`` as the chips were (bilinear, as
+    :func:`geolearn.data.transforms.resize` does in training), and the boxes found are shrunk
+    back to window pixels.
+
+    Args:
+        run_batch: the network's ``run_batch`` for ``chip_size`` crops (:func:`network_runner`).
+        window_size: side of the crops it is given, in imagery pixels.
+        chip_size: side of the crops the network takes.
+
+    Returns:
+        ``run_batch(crops: Tensor[B, C, window_size, window_size]) -> list[Detections]``, boxes in
+        window pixels.
+
+    Examples:
+        >>> def run_batch(crops):  # a stub network: one box at chip pixels 32..48
+        ...     assert crops.shape[-1] == 96
+        ...     box = torch.tensor([[32.0, 32.0, 48.0, 48.0]])
+        ...     return [Detections(box, torch.tensor([1]), torch.tensor([0.9]))] * len(crops)
+        >>> found = zoomed_runner(run_batch, 64, 96)(torch.zeros(2, 3, 64, 64))
+        >>> found[0].chip_boxes  # in the 64 px window
+        tensor([[21.3333, 21.3333, 32.0000, 32.0000]])
+    """
+    scale = window_size / chip_size
+
+    def run_zoomed(crops: Tensor) -> list[Detections]:
+        enlarged = torch.nn.functional.interpolate(crops.float(), size=(chip_size, chip_size), mode="bilinear",
+                                                   align_corners=False)
+        found = run_batch(enlarged.contiguous(memory_format=torch.channels_last))
+        return [Detections(d.chip_boxes * scale, d.labels, d.scores) for d in found]
+
+    return run_zoomed
 
 
 def convolution_weights(model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
