@@ -776,8 +776,8 @@ class RetinaNet:
 
         The raster is read window by window (chip-sized windows overlapping by ``2 · padding``
         pixels; for a model trained on enlarged chips, windows of the chip size divided by its
-        ``zoom``, enlarged to the chip size) in a background thread, never whole; windows with no valid pixel are skipped
-        without inference; the model's normalisation is applied, and the network runs in batches,
+        ``zoom``, enlarged to the chip size) in a background thread, never whole; windows with no
+        valid pixel are skipped without inference; the model's normalisation is applied, and the network runs in batches,
         channels_last, under ``torch.inference_mode()`` and, where the CPU or GPU has fast
         bfloat16, autocast. An object cut by a window edge is reported by the window that sees it
         whole (``exclude_pad_detections``), and all windows' detections are merged once. Boxes
