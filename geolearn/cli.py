@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -231,12 +232,18 @@ def _train(args: argparse.Namespace) -> int:
     auto = args.scales == "auto"
     print(f"2/5 RetinaNet(backbone={args.backbone!r}, scales={'auto' if auto else 'default'}) ...")
     model = RetinaNet(data, backbone=args.backbone, scales="auto" if auto else None, pretrained=args.pretrained)
+    started = time.perf_counter()
     lr = args.lr
     if lr is None:
         lr = model.lr_find(allow_plot=False)
         print(f"    lr_find chose a learning rate of {lr:.2e}")
-    print(f"3/5 fit({args.epochs}, lr={lr:.2e}) ...")
-    model.fit(args.epochs, lr=lr)
+    if args.minutes is None:
+        print(f"3/5 fit({args.epochs}, lr={lr:.2e}) ...")
+        model.fit(args.epochs, lr=lr)
+    else:
+        budget = args.minutes * 60 - (time.perf_counter() - started)  # lr_find counts too
+        print(f"3/5 fit({args.epochs}, lr={lr:.2e}, time_budget={budget:.0f}) ...")
+        model.fit(args.epochs, lr=lr, time_budget=max(budget, 1.0))
     print("4/5 average precision on the validation chips")
     scores = model.average_precision_score(show_progress=not args.quiet)
     print("    " + ", ".join(f"{name} {value:.3f}" for name, value in scores.items()))
@@ -383,6 +390,9 @@ def _add_train(commands) -> None:
                        help="chips per training step; lower it when memory runs out (default 16)")
     train.add_argument("--epochs", type=_positive_int, default=10, metavar="N",
                        help="passes over the training chips (default 10)")
+    train.add_argument("--minutes", type=_positive_float, default=None, metavar="M",
+                       help="train for this many minutes (lr_find included), with the whole one-cycle schedule; "
+                       "--epochs is then the most epochs (default: no time limit)")
     train.add_argument("--lr", type=_positive_float, default=None, metavar="RATE",
                        help="learning rate (default: chosen by a learning-rate range test, lr_find)")
     train.add_argument("--scales", choices=["auto", "default"], default="auto",

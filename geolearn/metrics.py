@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +46,8 @@ from torchvision.ops import box_iou
 __all__ = [
     "COCO_IOU_THRESHOLDS",
     "average_precision",
+    "precision_recall",
+    "PrecisionRecall",
     "mean_average_precision",
     "coco_average_precision",
     "coco_map",
@@ -117,6 +120,91 @@ def average_precision(
         >>> average_precision(predictions, targets, iou_thresh=0.5)  # VOC AP@0.5: the tree box is too loose
         {1: 1.0, 2: 0.0}
     """
+    scores, labels, is_tp, gt_counts = _pooled_matches(predictions, targets, iou_thresh)
+    return {
+        cls: _all_point_ap(is_tp[labels == cls], gt_counts[cls])
+        for cls in _reported_classes(classes, gt_counts)
+    }
+
+
+class PrecisionRecall(NamedTuple):
+    """One class's precision/recall curve, one point per detection in descending score order.
+
+    Attributes:
+        scores: ``float64[K]`` the detections' scores, descending.
+        precision: ``float64[K]`` true positives / detections down to each score.
+        recall: ``float64[K]`` true positives / ground-truth boxes down to each score.
+
+    Examples:
+        >>> curve = PrecisionRecall(np.array([0.9, 0.5]), np.array([1.0, 0.5]), np.array([0.5, 0.5]))
+        >>> curve.recall[-1]  # the recall of all detections
+        np.float64(0.5)
+    """
+
+    scores: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+
+    def best_f1(self) -> tuple[float, float, float, float]:
+        """The point of highest F1: ``(f1, precision, recall, score threshold)``; zeros without detections.
+
+        Examples:
+            >>> PrecisionRecall(np.array([0.9, 0.5]), np.array([1.0, 0.5]), np.array([0.5, 0.5])).best_f1()
+            (0.6666666666666666, 1.0, 0.5, 0.9)
+        """
+        if len(self.scores) == 0:
+            return 0.0, 0.0, 0.0, 0.0
+        f1 = 2 * self.precision * self.recall / np.maximum(self.precision + self.recall, 1e-12)
+        best = int(np.argmax(f1))
+        return float(f1[best]), float(self.precision[best]), float(self.recall[best]), float(self.scores[best])
+
+
+def precision_recall(
+    predictions: Sequence[ChipPrediction],
+    targets: Sequence[ChipTarget],
+    *,
+    iou_thresh: float = 0.1,
+    cls: int = 1,
+) -> PrecisionRecall:
+    """The precision/recall curve of one class, matched as :func:`average_precision` matches.
+
+    Args:
+        predictions: as for :func:`average_precision`.
+        targets: as for :func:`average_precision`.
+        iou_thresh: the least IoU, in (0, 1], of a true positive with its ground-truth box.
+        cls: the class index. Default 1 (the first object class).
+
+    Returns:
+        :class:`PrecisionRecall`; recall is 0 throughout when the class has no ground truth.
+
+    Raises:
+        ValueError: as for :func:`average_precision`.
+
+    Examples:
+        >>> predictions = [(torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0]]), torch.tensor([1, 1]),
+        ...                 torch.tensor([0.9, 0.8]))]
+        >>> targets = [(torch.tensor([[0.0, 0.0, 10.0, 10.0], [40.0, 0.0, 50.0, 10.0]]), torch.tensor([1, 1]))]
+        >>> curve = precision_recall(predictions, targets, iou_thresh=0.5)
+        >>> curve.precision.tolist(), curve.recall.tolist()
+        ([1.0, 0.5], [0.5, 0.5])
+    """
+    scores, labels, is_tp, gt_counts = _pooled_matches(predictions, targets, iou_thresh)
+    mine = labels == cls
+    tp = np.cumsum(is_tp[mine])
+    precision = tp / np.arange(1, len(tp) + 1)
+    recall = tp / max(gt_counts.get(cls, 0), 1)
+    return PrecisionRecall(scores[mine].astype(np.float64), precision.astype(np.float64), recall.astype(np.float64))
+
+
+def _pooled_matches(
+    predictions: Sequence[ChipPrediction], targets: Sequence[ChipTarget], iou_thresh: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
+    """arcgis.learn's matching (see :func:`average_precision`), pooled over chips by descending score.
+
+    Returns:
+        ``(scores, labels, is_tp, ground-truth count per class)``, the first three in descending
+        score order.
+    """
     _check_chip_count(predictions, targets)
     if not 0.0 < iou_thresh <= 1.0:
         raise ValueError(f"iou_thresh={iou_thresh!r} is outside (0, 1]; arcgis.learn uses 0.1, PASCAL VOC 0.5.")
@@ -149,10 +237,7 @@ def average_precision(
     is_tp = np.concatenate(pooled_tp)[order] if pooled_tp else np.zeros(0, dtype=bool)
     gt_counts = _class_counts(gt_labels_per_chip)
 
-    return {
-        cls: _all_point_ap(is_tp[labels == cls], gt_counts[cls])
-        for cls in _reported_classes(classes, gt_counts)
-    }
+    return scores[order], labels, is_tp, gt_counts
 
 
 def mean_average_precision(ap: Mapping[int, float]) -> float:

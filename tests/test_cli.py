@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import geopandas as gpd
@@ -89,9 +90,10 @@ def test_export_train_detect_end_to_end(tmp_path, capsys):
     # 64 px chips shown to the network at 96 px: the model records zoom 1.5 and detect applies it
     assert main(["train", str(chips), "--out", str(model), "--backbone", "resnet18", "--chip-size", "96",
                  "--resize-to", "96", "--batch-size", "4", "--epochs", "1", "--lr", "1e-3", "--no-pretrained",
-                 "--val-split", "0.3", "-q"]) == 0
+                 "--val-split", "0.3", "--minutes", "5", "-q"]) == 0
     printed = capsys.readouterr().out
     assert "saved the model to" in printed and "pool" in printed
+    assert re.search(r"fit\(1, lr=1\.00e-03, time_budget=\d+\)", printed)  # 5 minutes, less what came before
     assert (model / "model.dlpk").exists()
     emd = json.loads((model / "model.emd").read_text())
     assert emd["ImageHeight"] == 96 and emd["resize_to"] == 96 and emd["geolearn"]["zoom"] == 1.5

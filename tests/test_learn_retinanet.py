@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -152,3 +153,54 @@ def test_lr_suggestion_keeps_a_higher_valley_and_a_curve_that_never_takes_off():
     losses = [5.0] * 50 + torch.linspace(8.0, 30.0, 11).tolist()
     assert suggest_lr(lrs, losses, valley_lr=3e-3) == 3e-3
     assert suggest_lr(lrs, [5.0] * 61, valley_lr=2e-4) == 2e-4
+
+
+def test_time_budget_ends_fit_with_the_schedule_finished_and_whole_rows(model, monkeypatch):
+    import time as time_module
+
+    clock = iter(range(10**6))  # a fake clock: one second passes at each look at it
+    monkeypatch.setattr(time_module, "perf_counter", lambda: float(next(clock)))
+    model.fit(100, lr=1e-3, checkpoint=False, time_budget=40)
+    rows = model.learn.recorder.values
+    assert 1 <= len(rows) < 100
+    # Each row has train_loss, valid_loss and average_precision, also for the epoch the budget cut.
+    assert all(len(row) == 3 and all(math.isfinite(v) for v in row) for row in rows)
+    assert rows[-1][2] <= 1.0  # the AP column holds the AP, not a shifted loss
+    lrs = model.learn.recorder.hps["lr"]
+    assert max(lrs) == pytest.approx(1e-3, rel=0.05)  # warmed up to lr...
+    assert lrs[-1] < 1e-4  # ...and annealed by the end of the budget
+
+
+def test_time_budget_must_be_positive(model):
+    with pytest.raises(ValueError, match=r"time_budget=0: give the seconds fit may take"):
+        model.fit(1, lr=1e-3, time_budget=0)
+
+
+def test_imagenet_weights_where_torchvision_looks_give_the_pretrained_recipe(tiny_data, monkeypatch, tmp_path):
+    # A stand-in for resnet18's ImageNet file, at the path torchvision loads it from (no download:
+    # the file is there). The model starts from it, frozen, with arcgis.learn's discriminative rates,
+    # and the same loss and time-budgeted schedule as from random weights.
+    import warnings
+
+    import torchvision
+
+    from geolearn.errors import GeolearnWarning
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    stand_in = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():
+        stand_in.conv1.weight.fill_(0.01)
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(stand_in.state_dict(), checkpoints / "resnet18-f37072fd.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeolearnWarning)  # no "weights cannot be downloaded" warning
+        model = RetinaNet(tiny_data, backbone="resnet18")
+    assert model.model.encoder.pretrained
+    assert torch.all(model.model.encoder[0].weight == 0.01)
+    assert not model.model.encoder[0].weight.requires_grad  # frozen, as in arcgis.learn
+    assert model._group_rates(1e-3) == slice(1e-4, 1e-3)
+    assert model.loss_func.ignore_cut_boxes
+    model.fit(1, lr=1e-3, checkpoint=False, time_budget=600)
+    assert len(model.learn.recorder.values) == 1
+    assert torch.all(model.model.encoder[0].weight == 0.01)  # the frozen stem did not move

@@ -10,7 +10,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from geolearn.models.anchors import make_anchors
 from geolearn.models.boxes import cthw_to_xyxy, encode
-from geolearn.models.loss import BACKGROUND, IGNORE, RetinaNetLoss, match_anchors
+from geolearn.models.loss import BACKGROUND, IGNORE, RetinaNetLoss, cut_by_edge, match_anchors
 
 # Three hand-made anchors (cy, cx, h, w) that do not overlap: top-left, bottom-right, bottom-left.
 ANCHORS = torch.tensor([[-0.5, -0.5, 0.4, 0.4], [0.5, 0.5, 0.4, 0.4], [0.5, -0.5, 0.2, 0.6]])
@@ -163,3 +163,27 @@ def test_outputs_for_other_anchors_are_an_error():
     loss_fn = RetinaNetLoss(ANCHORS, n_classes=2)
     with pytest.raises(ValueError, match="do not fit 3 anchors and 2 classes"):
         loss_fn(outputs(torch.zeros(4, 2)), torch.zeros(1, 1, 4), torch.tensor([[0]]))
+
+
+def test_cut_by_edge_finds_boxes_on_the_chip_border():
+    unit_boxes = torch.tensor([[-1.0, -0.2, -0.8, 0.2], [-0.5, -0.5, 0.5, 0.5], [0.2, 0.2, 0.6, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    assert cut_by_edge(unit_boxes).tolist() == [True, False, True, False]
+
+
+def test_a_box_cut_by_the_chip_edge_is_neither_object_nor_background():
+    # Anchor 0 is (-0.7..-0.3) square; the box is its left half cut by nothing, then the same box
+    # moved onto the left edge of the chip: only the second is cut.
+    anchors = torch.tensor([[-0.5, -0.5, 0.4, 0.4], [0.5, 0.5, 0.4, 0.4], [-0.5, -0.85, 0.4, 0.3]])  # last: on the edge
+    logits = torch.tensor([[2.0], [-3.0], [1.0]])
+    cut_box = torch.tensor([[[-1.0, -0.7, -0.7, -0.3]]])  # touches x = -1: IoU 1 with anchor 2, 0 with the others
+    loss_fn = RetinaNetLoss(anchors, n_classes=1)
+    loss = loss_fn(outputs(logits), cut_box, torch.tensor([[1]]))
+    # Anchor 2 is ignored; anchors 0 and 1 are background; nothing is a positive (normalised by 1).
+    expected = focal(torch.sigmoid(torch.tensor(2.0)).item(), False) + focal(torch.sigmoid(torch.tensor(-3.0)).item(), False)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert loss_fn.last_parts["bbox_regression"] == 0.0
+    # Without the rule the cut box is anchor 2's positive, as before.
+    old = RetinaNetLoss(anchors, n_classes=1, ignore_cut_boxes=False)
+    old(outputs(logits), cut_box, torch.tensor([[1]]))
+    positive = focal(torch.sigmoid(torch.tensor(1.0)).item(), True)
+    assert old.last_parts["classification"].item() == pytest.approx(expected + positive, rel=1e-5)

@@ -15,6 +15,7 @@ from pycocotools.cocoeval import COCOeval
 from geolearn.metrics import (
     COCO_IOU_THRESHOLDS,
     average_precision,
+    precision_recall,
     coco_average_precision,
     coco_map,
     mean_average_precision,
@@ -317,3 +318,30 @@ def test_coco_equal_ious_go_to_the_later_box_as_in_pycocotools():
     assert coco_map(predictions, targets, iou_thresholds=[0.5]) == pytest.approx(51 / 101)
     evaluation = run_cocoeval(predictions, targets, classes=1)
     assert coco_map(predictions, targets) == pytest.approx(evaluation.stats[0], abs=1e-12)
+
+
+def test_precision_recall_curve_and_best_f1_by_hand():
+    # Two chips, three ground-truth boxes. By score: 0.9 TP (chip 0), 0.8 FP (chip 1, no overlap),
+    # 0.7 TP (chip 1), 0.6 duplicate of the 0.9 box (FP). Precision 1, 1/2, 2/3, 2/4; recall 1/3, 1/3, 2/3, 2/3.
+    predictions = [
+        (torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0]]), torch.tensor([1, 1]), torch.tensor([0.9, 0.6])),
+        (torch.tensor([[50.0, 50.0, 60.0, 60.0], [0.0, 0.0, 10.0, 10.0]]), torch.tensor([1, 1]), torch.tensor([0.8, 0.7])),
+    ]
+    targets = [
+        (torch.tensor([[0.0, 0.0, 10.0, 10.0], [30.0, 30.0, 40.0, 40.0]]), torch.tensor([1, 1])),
+        (torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([1])),
+    ]
+    curve = precision_recall(predictions, targets, iou_thresh=0.5)
+    assert curve.scores.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.6])
+    assert curve.precision.tolist() == pytest.approx([1.0, 0.5, 2 / 3, 0.5])
+    assert curve.recall.tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3])
+    f1, precision, recall, thresh = curve.best_f1()
+    assert (f1, precision, recall, thresh) == pytest.approx((2 / 3, 2 / 3, 2 / 3, 0.7))
+    # The AP of the same matching: envelope 1 up to recall 1/3, 2/3 up to 2/3.
+    assert average_precision(predictions, targets, iou_thresh=0.5)[1] == pytest.approx(1 / 3 + (1 / 3) * (2 / 3))
+
+
+def test_precision_recall_of_a_class_without_detections_is_empty():
+    curve = precision_recall([(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))],
+                             [(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([1]))])
+    assert len(curve.scores) == 0 and curve.best_f1() == (0.0, 0.0, 0.0, 0.0)

@@ -95,6 +95,26 @@ def test_default_pipeline_keeps_boxes_on_objects():
         assert unit_to_pixel(box[0], SIZE, SIZE).tolist() == pytest.approx(object_extent(image), abs=1.0)
 
 
+def test_default_pipeline_with_saturation_keeps_boxes_and_greys_stay_grey():
+    torch.manual_seed(0)
+    batch = batch_with_object((20.0, 24.0, 40.0, 36.0), n=16)
+    transforms = default_batch_transforms(saturation=0.5)
+    assert "Saturation" in [type(t).__name__ for t in transforms]
+    for tfm in transforms:
+        batch = tfm(batch, split_idx=0)
+    images, boxes, _ = (t.as_subclass(torch.Tensor) for t in batch)
+    for image, box in zip(images, boxes):
+        assert unit_to_pixel(box[0], SIZE, SIZE).tolist() == pytest.approx(object_extent(image), abs=1.0)
+        # saturation mixes each pixel with its own grey: a grey object stays grey
+        assert torch.allclose(image[0], image[1], atol=1e-4) and torch.allclose(image[1], image[2], atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [{"zoom": -0.1}, {"lighting": 1.0}, {"saturation": -0.2}])
+def test_augmentation_strengths_out_of_range_are_refused(bad):
+    with pytest.raises(ValueError, match=r"zoom must be >= 0 and lighting and saturation in \[0, 1\)"):
+        default_batch_transforms(**bad)
+
+
 def test_crop_shifts_clips_and_drops_by_visible_fraction():
     image = torch.arange(100.0).reshape(1, 10, 10)
     boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0], [0.0, 0.0, 4.0, 4.0], [7.0, 7.0, 9.0, 9.0]])

@@ -213,11 +213,11 @@ def _normalization(
     return cached_sample_normalization(cache_root, images, extract_bands, norm_pct, seed), True
 
 
-def _parse_transforms(transforms: Any) -> tuple[list[Transform], list[Transform]]:
+def _parse_transforms(transforms: Any, n_bands: int) -> tuple[list[Transform], list[Transform]]:
     """``None`` → defaults; ``False`` → none; a list → training batch transforms;
     ``(train, valid)`` → both, as arcgis.learn's tuple."""
     if transforms is None:
-        return default_batch_transforms(), []
+        return default_batch_transforms(n_bands), []
     if transforms is False:
         return [], []
     if isinstance(transforms, tuple) and len(transforms) == 2 and all(isinstance(t, (list, tuple)) for t in transforms):
@@ -373,7 +373,8 @@ def prepare_data(
     else:
         valid_ds = dataset(valid_idx, images, labels, False)
 
-    train_tfms, valid_tfms = _parse_transforms(transforms)
+    n_bands = len(extract_bands) if extract_bands is not None else folders[0].infos[0].count
+    train_tfms, valid_tfms = _parse_transforms(transforms, n_bands)
     normalize = Normalize.from_stats(list(normalization.mean), list(normalization.std), cuda=False)
     loader_args = dict(
         bs=batch_size,
@@ -396,7 +397,6 @@ def prepare_data(
     if test_path:
         data.test_ds = test_ds
         data.test_dl = TfmdDL(test_ds, shuffle=False, after_batch=[*valid_tfms, normalize], **loader_args)
-    n_bands = len(extract_bands) if extract_bands is not None else folders[0].infos[0].count
     data.classes = names
     data.c = len(names)
     data.class_mapping = {c.value: c.name for c in classes}

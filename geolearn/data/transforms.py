@@ -21,6 +21,7 @@ from fastai.vision.all import (
     Brightness,
     Contrast,
     Dihedral,
+    Saturation,
     TensorBBox,
     TensorMultiCategory,
     Transform,
@@ -222,25 +223,42 @@ class ClipBoxes(Transform):
         return TensorMultiCategory(labels.as_subclass(Tensor).masked_fill(lost, 0))
 
 
-def default_batch_transforms() -> list[Transform]:
-    """The default training augmentations for map-space (nadir) imagery.
+def default_batch_transforms(
+    n_bands: int = 3, *, zoom: float = 0.25, lighting: float = 0.2, saturation: float = 0.0
+) -> list[Transform]:
+    """The default training augmentations for map-space (nadir) imagery, and their strength.
 
-    Any of the 8 dihedral orientations (north has no meaning for an object seen
-    from above), zoom 0.8–1.25 with zero padding (reflection padding would mirror
-    objects into the chip without labels), and mild brightness/contrast changes.
+    Any of the 8 dihedral orientations (north has no meaning for an object seen from above),
+    zoom between ``1 / (1 + zoom)`` and ``1 + zoom`` with zero padding (reflection padding would
+    mirror objects into the chip without labels), mild brightness and contrast changes, and, for
+    RGB chips, saturation changes.
+
+    Args:
+        n_bands: bands of the chips; saturation needs 3 (RGB) and is left out otherwise.
+        zoom: largest relative zoom in or out, >= 0 (0: no zoom). Default 0.25 (0.8–1.25).
+        lighting: largest relative brightness and contrast change, in [0, 1). Default 0.2.
+        saturation: largest relative saturation change, in [0, 1); 0 leaves it out. Default 0.
 
     Returns:
-        ``[Dihedral(p=1), Zoom(0.8–1.25, p=0.5, zero padding), Brightness(0.2, p=0.75),
-        Contrast(0.2, p=0.75), ClipBoxes()]``: fresh instances at each call.
+        ``[Dihedral(p=1), Zoom(p=0.5, zero padding), Brightness(p=0.75), Contrast(p=0.75),
+        (Saturation(p=0.75),) ClipBoxes()]``: fresh instances at each call, the disabled ones left out.
 
     Examples:
         >>> [type(t).__name__ for t in default_batch_transforms()]
         ['Dihedral', 'Zoom', 'Brightness', 'Contrast', 'ClipBoxes']
+        >>> [type(t).__name__ for t in default_batch_transforms(zoom=0, saturation=0.2)]
+        ['Dihedral', 'Brightness', 'Contrast', 'Saturation', 'ClipBoxes']
+        >>> [type(t).__name__ for t in default_batch_transforms(n_bands=4, saturation=0.2)][-2:]  # not for 4 bands
+        ['Contrast', 'ClipBoxes']
     """
-    return [
-        Dihedral(p=1.0),
-        Zoom(min_zoom=0.8, max_zoom=1.25, p=0.5, pad_mode="zeros"),
-        Brightness(max_lighting=0.2, p=0.75),
-        Contrast(max_lighting=0.2, p=0.75),
-        ClipBoxes(),
-    ]
+    if not zoom >= 0 or not 0 <= lighting < 1 or not 0 <= saturation < 1:
+        raise ValueError(f"zoom={zoom!r}, lighting={lighting!r}, saturation={saturation!r}: zoom must be >= 0 and "
+                         "lighting and saturation in [0, 1), e.g. zoom=0.25, lighting=0.2, saturation=0.2.")
+    transforms: list[Transform] = [Dihedral(p=1.0)]
+    if zoom > 0:
+        transforms.append(Zoom(min_zoom=1 / (1 + zoom), max_zoom=1 + zoom, p=0.5, pad_mode="zeros"))
+    if lighting > 0:
+        transforms += [Brightness(max_lighting=lighting, p=0.75), Contrast(max_lighting=lighting, p=0.75)]
+    if saturation > 0 and n_bands == 3:
+        transforms.append(Saturation(max_lighting=saturation, p=0.75))
+    return transforms + [ClipBoxes()]

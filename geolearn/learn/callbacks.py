@@ -13,17 +13,21 @@ worth it on CUDA, where fastai's own callback does it.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException, CancelTrainException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Metric
 
 from geolearn.learn.evaluation import DetectionSettings, batch_detections, batch_targets
 from geolearn.metrics import average_precision, mean_average_precision
 
-__all__ = ["Autocast", "precision_callbacks", "AveragePrecisionMetric"]
+__all__ = ["Autocast", "precision_callbacks", "AveragePrecisionMetric", "TimeBudget"]
+
+logger = logging.getLogger(__name__)
 
 
 class Autocast(Callback):
@@ -159,3 +163,86 @@ class AveragePrecisionMetric(Metric):
     def name(self) -> str:
         """The column name, ``'average_precision'``."""
         return "average_precision"
+
+
+class TimeBudget(Callback):
+    """Fits a training schedule into a wall-clock budget, validation included.
+
+    On a CPU the useful question is "how good a model in 15 minutes", not "in how many epochs":
+    an epoch's time depends on the chips, the chip size and what else the machine runs. The
+    schedule (one-cycle's warm-up and annealing) advances by whichever is further along, the
+    batches done out of ``epochs`` or the time spent out of ``seconds``, so it completes when
+    either runs out. When time runs out the epoch's training stops, its validation runs (the
+    time it took last is kept in reserve), and fitting ends with the schedule finished.
+
+    Args:
+        seconds: wall-clock budget from the start of ``fit``, > 0.
+
+    Examples:
+        >>> budget = TimeBudget(900)
+        >>> budget.seconds, budget.order
+        (900.0, 55)
+        >>> model.fit(100, time_budget=900)  # doctest: +SKIP
+    """
+
+    # After TrainEvalCallback (-10), which counts batches; before ParamScheduler (60), which reads
+    # pct_train in before_batch.
+    order = 55
+
+    def __init__(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise ValueError(f"time_budget={seconds!r}: give the seconds training may take, a number > 0.")
+        self.seconds = float(seconds)
+
+    def before_fit(self) -> None:
+        """Starts the clock."""
+        self._start = time.perf_counter()
+        self._validation_seconds = 0.0
+        self.stopped_early = False
+
+    def _time_fraction(self) -> float:
+        """Share of the budget spent, with the next validation's time held back."""
+        usable = max(self.seconds - self._validation_seconds, 1e-9)
+        return (time.perf_counter() - self._start) / usable
+
+    def before_batch(self) -> None:
+        """Advances the schedule by time when time is further along than the batch count."""
+        if self.training:
+            by_batches = self.learn.train_iter / (self.n_iter * self.n_epoch)
+            self.learn.pct_train = min(max(by_batches, self._time_fraction()), 1.0)
+
+    def after_batch(self) -> None:
+        """Ends the epoch's training when the budget (minus a validation) is spent."""
+        if self.training and self._time_fraction() >= 1.0:
+            self.stopped_early = True
+            raise CancelTrainException()
+
+    def after_cancel_train(self) -> None:
+        """Keeps the cut epoch's training loss in the table.
+
+        fastai's Recorder (which runs before this callback) leaves a cancelled training phase's
+        metrics out of the epoch's row, which shifts every later column left: the checkpoint would
+        then track the average precision as if it were the validation loss. The batches that did
+        run give a true average, so they are recorded.
+        """
+        recorder = getattr(self.learn, "recorder", None)
+        if recorder is not None:
+            recorder.cancel_train = False
+
+    def before_validate(self) -> None:
+        """Times the validation pass."""
+        self._validate_start = time.perf_counter()
+
+    def after_validate(self) -> None:
+        """Keeps the validation's time in reserve for the last epoch."""
+        self._validation_seconds = time.perf_counter() - self._validate_start
+
+    def before_epoch(self) -> None:
+        """Ends fitting once the budget is spent.
+
+        Not in ``after_epoch``: the table row, the checkpoint and the progress bar must see the
+        last epoch first, and they run after this callback there.
+        """
+        if self.stopped_early:
+            logger.info("time budget of %.0f s reached after %d epochs", self.seconds, self.epoch)
+            raise CancelFitException()

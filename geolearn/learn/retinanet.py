@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from geolearn.data.boxes import pixel_to_unit
 from geolearn.data.esri import DATASET_TYPES, ClassInfo
 from geolearn.data.georef import detections_frame, resolve_output, write_features
 from geolearn.data.images import read_chip, read_image_info
@@ -37,7 +39,7 @@ from geolearn.learn.precision import resolve_precision
 from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES, make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
-from geolearn.models.loss import RetinaNetLoss
+from geolearn.models.loss import RetinaNetLoss, cut_by_edge
 from geolearn.models.predictor import MergeMethod, network_runner, predict_tiles, zoomed_runner
 from geolearn.models.raster_detection import detect_raster
 from geolearn.models.retinanet import build_retinanet, param_groups
@@ -354,9 +356,12 @@ class RetinaNet:
         boxes = []
         for image, labels in zip(data.train_ds.images, data.train_ds.labels):
             chip_boxes = labels.chip_boxes
+            info = read_image_info(image)
+            # Boxes cut by the chip's edge show part of an object; the loss ignores them, so
+            # anchors are fitted to the whole ones.
+            chip_boxes = chip_boxes[~cut_by_edge(pixel_to_unit(chip_boxes, info.height, info.width))]
             if data.resize_to:
                 # Chips are squished to resize_to before cropping (geolearn.data.transforms.resize).
-                info = read_image_info(image)
                 scale = torch.tensor([data.resize_to / info.width, data.resize_to / info.height] * 2)
                 chip_boxes = chip_boxes * scale
             boxes.append(chip_boxes)
@@ -413,6 +418,7 @@ class RetinaNet:
         tensorboard: bool = False,
         monitor: str = "valid_loss",
         mixed_precision: bool | str | None = None,
+        time_budget: float | None = None,
         **kwargs: Any,
     ) -> None:
         """Trains the model, printing ``epoch train_loss valid_loss average_precision time``.
@@ -434,14 +440,22 @@ class RetinaNet:
             mixed_precision: None: bfloat16 where the hardware is fast at it
                 (AMX/AVX512-BF16 CPUs, recent GPUs), else float32; True/``'bf16'``,
                 ``'fp16'`` (CUDA) or False forces it.
+            time_budget: seconds of wall-clock time ``fit`` may take (an ``lr_find`` it runs
+                included), or None. The schedule then runs by time: it completes when the
+                budget or ``epochs`` runs out, whichever comes first, so ``fit(100,
+                time_budget=900)`` trains for 15 minutes with a full one-cycle schedule
+                (:class:`~geolearn.learn.callbacks.TimeBudget`).
             **kwargs: passed to fastai's ``fit_one_cycle``/``fit`` (e.g. ``wd``, ``pct_start``).
         """
         from fastai.callback.channelslast import ChannelsLast
         from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
 
-        from geolearn.learn.callbacks import precision_callbacks
+        from geolearn.learn.callbacks import TimeBudget, precision_callbacks
 
         self._require_data("fit")
+        if time_budget is not None and not time_budget > 0:
+            raise ValueError(f"time_budget={time_budget!r}: give the seconds fit may take, a number > 0 (or None).")
+        started = time.perf_counter()
         if monitor not in self.available_metrics:
             raise ValueError(f"monitor={monitor!r}: choose one of {self.available_metrics}.")
         if checkpoint not in (True, False, "best", "all"):
@@ -459,6 +473,9 @@ class RetinaNet:
             callbacks.append(SaveModelCallback(monitor=monitor, fname=name, every_epoch=checkpoint == "all"))
         if tensorboard:
             callbacks += self._tensorboard_callbacks()
+        if time_budget is not None:
+            # What lr_find left of the budget; at least a second, so that one batch trains.
+            callbacks.append(TimeBudget(max(time_budget - (time.perf_counter() - started), 1.0)))
         if one_cycle:
             self.learn.fit_one_cycle(epochs, lr_arg, cbs=callbacks, **kwargs)
         else:

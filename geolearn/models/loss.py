@@ -15,6 +15,12 @@ Deliberate differences from arcgis.learn:
   to the negatives.
 * Each ground-truth box's best anchors become positives even below ``pos_iou`` (optional, on by
   default): aerial objects smaller than the smallest anchor would otherwise get no positive at all.
+* A box cut by the chip's edge is ignored (optional, on by default): the anchors on it are trained
+  neither as object nor as background. Exported chips overlap (stride half the tile), so such an
+  object is seen whole in a neighbouring chip, and detection keeps the whole view of an object cut
+  by a window edge (:func:`~geolearn.models.predictor.seam_filter`); training on the slivers —
+  44 % of the boxes of the NEON crowns export touch a chip edge, half of them thinner than half
+  their length — taught the network that a strip of a crown is a crown.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from torchvision.ops import box_iou, sigmoid_focal_loss
 
 from geolearn.models.boxes import cthw_to_xyxy, encode, xyxy_to_cthw
 
-__all__ = ["RetinaNetLoss", "match_anchors", "BACKGROUND", "IGNORE"]
+__all__ = ["RetinaNetLoss", "match_anchors", "cut_by_edge", "BACKGROUND", "IGNORE"]
 
 # match_anchors() codes for anchors without a ground-truth box (torchvision's Matcher uses the same).
 BACKGROUND = -1
@@ -87,6 +93,24 @@ def match_anchors(
     return matches
 
 
+def cut_by_edge(unit_boxes: Tensor, tolerance: float = 1e-3) -> Tensor:
+    """Which boxes reach the chip's edge, i.e. may show only part of their object.
+
+    Args:
+        unit_boxes: ``Tensor[N, 4]`` xyxy in [-1, 1] chip units (boxes are clipped to the chip
+            by the export and by the crops, so a cut box lies on ±1).
+        tolerance: distance from ±1, in chip units, that still counts as on the edge.
+
+    Returns:
+        ``Tensor[N]`` bool.
+
+    Examples:
+        >>> cut_by_edge(torch.tensor([[-1.0, 0.0, -0.9, 0.2], [0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 1.0, 0.9]]))
+        tensor([ True, False,  True])
+    """
+    return ((unit_boxes[:, :2] <= -1 + tolerance) | (unit_boxes[:, 2:] >= 1 - tolerance)).any(dim=1)
+
+
 class RetinaNetLoss(nn.Module):
     """Focal + smooth-L1 loss of a RetinaNet over fastai detection batches.
 
@@ -99,6 +123,9 @@ class RetinaNetLoss(nn.Module):
         pos_iou: IoU from which an anchor is a positive (paper: 0.5).
         neg_iou: IoU under which an anchor is background (paper: 0.4).
         allow_low_quality_matches: see :func:`match_anchors`.
+        ignore_cut_boxes: ignore the anchors on boxes cut by the chip's edge
+            (:func:`cut_by_edge`): those whose IoU with such a box reaches ``neg_iou`` are neither
+            positives nor background.
         beta: smooth-L1 transition point, in units of the (0.1, 0.1, 0.2, 0.2)-scaled deltas. 1/9 is
             torchvision's Faster R-CNN choice with these same delta weights: the loss is L1
             (robust to outliers) except within ~0.01 of the target in raw offset units.
@@ -138,6 +165,7 @@ class RetinaNetLoss(nn.Module):
         pos_iou: float = 0.5,
         neg_iou: float = 0.4,
         allow_low_quality_matches: bool = True,
+        ignore_cut_boxes: bool = True,
         beta: float = 1 / 9,
     ) -> None:
         super().__init__()
@@ -149,6 +177,7 @@ class RetinaNetLoss(nn.Module):
         self.pos_iou = pos_iou
         self.neg_iou = neg_iou
         self.allow_low_quality_matches = allow_low_quality_matches
+        self.ignore_cut_boxes = ignore_cut_boxes
         self.beta = beta
         anchors = anchors.float()
         # Buffers follow the module across devices; not persistent: they derive from the chip
@@ -213,8 +242,12 @@ class RetinaNetLoss(nn.Module):
         ``cls_logits [A, C]``, ``box_deltas [A, 4]``, ``unit_boxes [N, 4]`` xyxy in [-1, 1], ``labels [N]``.
         """
         real = labels > 0  # fastai pads with zero boxes labelled 0
-        gt_boxes, gt_labels = unit_boxes[real], labels[real]
+        cut = real & cut_by_edge(unit_boxes) if self.ignore_cut_boxes else torch.zeros_like(real)
+        gt_boxes, gt_labels = unit_boxes[real & ~cut], labels[real & ~cut]
         matches = match_anchors(gt_boxes, self.anchors_xyxy, self.pos_iou, self.neg_iou, self.allow_low_quality_matches)
+        if cut.any():
+            on_cut = box_iou(self.anchors_xyxy, unit_boxes[cut]).max(dim=1).values >= self.neg_iou
+            matches = torch.where(on_cut & (matches == BACKGROUND), torch.full_like(matches, IGNORE), matches)
         positive = matches >= 0
         trained = matches != IGNORE
         n_positive = positive.sum().clamp(min=1)
