@@ -36,6 +36,7 @@ import argparse
 import ast
 import json
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -77,9 +78,14 @@ def split_scene(neon: Path, split_row: int, gap: int) -> dict[str, Path]:
     out = WORK / f"split_{split_row}_{gap}"
     paths = {name: out / f"{name}.tif" for name in ("train", "test")}
     paths |= {f"{name}_crowns": out / f"{name}_crowns.gpkg" for name in ("train", "test")}
-    if all(p.exists() for p in paths.values()):
+    if out.exists():
         return paths
-    out.mkdir(parents=True, exist_ok=True)
+    # Written into a temporary folder renamed at the end: a run killed half-way leaves no split
+    # that a later run would take for complete.
+    final, out = out, out.with_name(out.name + ".partial")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    paths = {name: out / path.name for name, path in paths.items()}
     crowns = gpd.read_file(neon / f"{YELL}_crowns.gpkg")
     with rasterio.open(neon / f"{YELL}.tif") as src:
         windows = {"train": Window(0, 0, src.width, split_row),
@@ -96,7 +102,8 @@ def split_scene(neon: Path, split_row: int, gap: int) -> dict[str, Path]:
                 inside = inside[clipped.area >= 0.5 * inside.geometry.area]
                 inside["geometry"] = clipped[inside.index]
             inside.to_file(paths[f"{name}_crowns"], driver="GPKG")
-    return paths
+    out.rename(final)
+    return {name: final / path.name for name, path in paths.items()}
 
 
 def export_chips(paths: dict[str, Path]) -> Path:
