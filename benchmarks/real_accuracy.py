@@ -21,7 +21,9 @@ wall-clock budget:
 Both are scored in map coordinates against the crowns of the held-back part (crowns with at least
 half their area in it, clipped to it), and, out of site, over the whole OSBS plot (pine savanna,
 true georeference). Scores: AP@0.4 and AP@0.5 (VOC all-point, detections with score >= 0.05),
-recall at that score, and precision/recall at the best F1 (IoU 0.4), from
+recall at that score, precision/recall at the best F1 (IoU 0.4), and precision/recall of what
+a user gets: the detections above the output threshold (geolearn: the model's ``threshold``,
+which ``fit`` calibrates on the validation chips; bare: 0.5), from
 :func:`geolearn.metrics.average_precision` and :func:`geolearn.metrics.precision_recall`.
 
 ``--set GROUP.NAME=VALUE`` changes one setting for the ablations of docs/training.md: GROUP is
@@ -67,6 +69,9 @@ WORK = REPO / "benchmarks" / "_work" / "real_accuracy"
 YELL = "yell_528000_4978000"
 OSBS = "OSBS_029"
 SCORE_THRESH = 0.05  # the lowest score kept for scoring: AP needs the whole ranking
+# The output cut of the bare loop: 0.5, what a torchvision user (and arcgis.learn) keeps; geolearn's
+# is the model's calibrated threshold.
+BARE_THRESHOLD = 0.5
 CHIP = 256
 
 
@@ -122,20 +127,24 @@ def truth_boxes(crowns: Path) -> torch.Tensor:
 # ---------------------------------------------------------------------------------- scoring
 
 
-def score(frame: gpd.GeoDataFrame, truth: torch.Tensor) -> dict[str, float]:
-    """AP@0.4, AP@0.5, recall and the best-F1 point of detections against the truth, in map units."""
+def score(frame: gpd.GeoDataFrame, truth: torch.Tensor, threshold: float) -> dict[str, float]:
+    """AP@0.4, AP@0.5, recall, the best-F1 point, and precision/recall above ``threshold`` (the
+    score cut the method hands its users), of detections against the truth, in map units."""
     boxes = torch.tensor(frame.geometry.bounds.to_numpy(), dtype=torch.float64).reshape(-1, 4)
     scores = torch.tensor(frame["Confidence"].to_numpy(dtype=np.float64) / 100)
     predictions = [(boxes, torch.ones(len(boxes), dtype=torch.long), scores)]
     targets = [(truth, torch.ones(len(truth), dtype=torch.long))]
     curve = precision_recall(predictions, targets, iou_thresh=0.4)
     f1, precision, recall, thresh = curve.best_f1()
+    kept = int((curve.scores > threshold).sum())
     return {
         "ap40": average_precision(predictions, targets, iou_thresh=0.4).get(1, 0.0),
         "ap50": average_precision(predictions, targets, iou_thresh=0.5).get(1, 0.0),
         "recall": float(curve.recall[-1]) if len(curve.recall) else 0.0,
         "f1": f1, "precision_at_f1": precision, "recall_at_f1": recall, "thresh_at_f1": thresh,
-        "detections": len(boxes), "crowns": len(truth),
+        "detections": len(boxes), "crowns": len(truth), "threshold": threshold,
+        "precision_at_threshold": float(curve.precision[kept - 1]) if kept else 0.0,
+        "recall_at_threshold": float(curve.recall[kept - 1]) if kept else 0.0,
     }
 
 
@@ -293,10 +302,11 @@ def main() -> None:
         seconds = trained  # the bare loop gets the time geolearn took
         for site, (raster, truth) in sites.items():
             rows.append({"method": "geolearn", "site": site, "train_s": trained,
-                         **score(detect_geolearn(model, raster, settings["detect"]), truth)})
+                         **score(detect_geolearn(model, raster, settings["detect"]), truth, model.threshold)})
             for nms in [float(v) for v in args.nms.split(",") if v]:
                 rows.append({"method": f"geolearn nms {nms}", "site": site, "train_s": trained,
-                             **score(detect_geolearn(model, raster, settings["detect"] | {"nms_overlap": nms}), truth)})
+                             **score(detect_geolearn(model, raster, settings["detect"] | {"nms_overlap": nms}), truth,
+                                     model.threshold)})
         if args.label:
             model.save(WORK / "models" / args.label, compute_metrics=False)
     if args.only != "geolearn":
@@ -304,19 +314,20 @@ def main() -> None:
         for site, (raster, truth) in sites.items():
             nms = settings["detect"].get("nms_overlap", 0.5)  # torchvision's own default
             rows.append({"method": "bare torchvision", "site": site, "train_s": trained,
-                         **score(detect_bare(model, raster, nms), truth)})
+                         **score(detect_bare(model, raster, nms), truth, BARE_THRESHOLD)})
             for nms in [float(v) for v in args.nms.split(",") if v]:
                 rows.append({"method": f"bare nms {nms}", "site": site, "train_s": trained,
-                             **score(detect_bare(model, raster, nms), truth)})
+                             **score(detect_bare(model, raster, nms), truth, BARE_THRESHOLD)})
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; settings {settings}")
     header = f"{'method':<17} {'site':<14} {'train s':>7} {'AP@0.4':>7} {'AP@0.5':>7} {'recall':>6} " \
-             f"{'P@F1':>5} {'R@F1':>5} {'thr':>5} {'det':>5} {'crowns':>6}"
+             f"{'P@F1':>5} {'R@F1':>5} {'thr':>5} {'det':>5} {'crowns':>6} {'out thr':>7} {'P':>5} {'R':>5}"
     print(header)
     for r in rows:
         print(f"{r['method']:<17} {r['site']:<14} {r['train_s']:7.0f} {r['ap40']:7.3f} {r['ap50']:7.3f} "
               f"{r['recall']:6.3f} {r['precision_at_f1']:5.2f} {r['recall_at_f1']:5.2f} {r['thresh_at_f1']:5.2f} "
-              f"{r['detections']:5d} {r['crowns']:6d}")
+              f"{r['detections']:5d} {r['crowns']:6d} {r['threshold']:7.2f} {r['precision_at_threshold']:5.2f} "
+              f"{r['recall_at_threshold']:5.2f}")
     by_site = {(r["method"], r["site"]): r["ap40"] for r in rows}
     for site in sites:
         if ("geolearn", site) in by_site and ("bare torchvision", site) in by_site:

@@ -247,6 +247,7 @@ def _train(args: argparse.Namespace) -> int:
     print("4/5 average precision on the validation chips")
     scores = model.average_precision_score(show_progress=not args.quiet)
     print("    " + ", ".join(f"{name} {value:.3f}" for name, value in scores.items()))
+    print(f"    detection threshold {model.threshold:.2f} (best F1 on the validation chips; detect uses it)")
     saved = model.save(folder)  # the EMD records the average precision too, as arcgis.learn's does
     print(f"5/5 saved the model to {saved / (saved.name + '.dlpk')} (and its .emd, .pth, model_metrics.html)")
     return 0
@@ -255,7 +256,9 @@ def _train(args: argparse.Namespace) -> int:
 def _detect(args: argparse.Namespace) -> int:
     from geolearn import detect_objects
 
-    arguments = {"threshold": args.threshold, "nms_overlap": args.nms_overlap, "merge": args.merge}
+    arguments = {"nms_overlap": args.nms_overlap, "merge": args.merge}
+    if args.threshold is not None:
+        arguments["threshold"] = args.threshold
     if args.padding is not None:
         arguments["padding"] = args.padding
     if args.batch_size is not None:
@@ -424,8 +427,9 @@ def _add_detect(commands) -> None:
                         help="raster file (GeoTIFF, VRT mosaic, ...), folder of rasters, or glob pattern")
     detect.add_argument("--model", required=True, metavar="MODEL", help="the trained model: .dlpk, .emd or its folder")
     detect.add_argument("--out", required=True, metavar="LAYER", help="output layer file, e.g. detections.gpkg")
-    detect.add_argument("--threshold", type=_unit_float, default=0.5, metavar="SCORE",
-                        help="lowest confidence (0-1) of a reported object (default 0.5)")
+    detect.add_argument("--threshold", type=_unit_float, default=None, metavar="SCORE",
+                        help="lowest confidence (0-1) of a reported object (default: the threshold the model's "
+                        "training calibrated, else 0.5)")
     detect.add_argument("--nms-overlap", type=_unit_float, default=0.1, metavar="IOU",
                         help="overlap (intersection over union, 0-1) above which two detections of a class in "
                         "neighbouring windows are one object (default 0.1)")

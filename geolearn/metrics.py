@@ -145,6 +145,9 @@ class PrecisionRecall(NamedTuple):
     precision: np.ndarray
     recall: np.ndarray
 
+    def _f1(self) -> np.ndarray:
+        return 2 * self.precision * self.recall / np.maximum(self.precision + self.recall, 1e-12)
+
     def best_f1(self) -> tuple[float, float, float, float]:
         """The point of highest F1: ``(f1, precision, recall, score threshold)``; zeros without detections.
 
@@ -154,9 +157,32 @@ class PrecisionRecall(NamedTuple):
         """
         if len(self.scores) == 0:
             return 0.0, 0.0, 0.0, 0.0
-        f1 = 2 * self.precision * self.recall / np.maximum(self.precision + self.recall, 1e-12)
+        f1 = self._f1()
         best = int(np.argmax(f1))
         return float(f1[best]), float(self.precision[best]), float(self.recall[best]), float(self.scores[best])
+
+    def best_f1_cut(self, floor: float = 0.0) -> float | None:
+        """A score threshold that keeps exactly the detections of the best-F1 point; None without detections.
+
+        Detections are kept when their score *exceeds* the threshold (as in
+        :func:`geolearn.models.postprocess.detect`), so the cut lies halfway between the lowest
+        kept score and the next one down (``floor``, the threshold the detections were made at,
+        below the last). Halfway, not at the kept score, leaves room for the scores of new
+        imagery to differ a little.
+
+        Args:
+            floor: the score threshold the curve's detections were made at. Default 0.
+
+        Examples:
+            >>> PrecisionRecall(np.array([0.9, 0.5, 0.3]), np.array([1.0, 1.0, 0.67]),
+            ...                 np.array([0.5, 1.0, 1.0])).best_f1_cut()
+            0.4
+        """
+        if len(self.scores) == 0:
+            return None
+        best = int(np.argmax(self._f1()))
+        lower = self.scores[best + 1] if best + 1 < len(self.scores) else floor
+        return float((self.scores[best] + lower) / 2)
 
 
 def precision_recall(
@@ -164,15 +190,17 @@ def precision_recall(
     targets: Sequence[ChipTarget],
     *,
     iou_thresh: float = 0.1,
-    cls: int = 1,
+    cls: int | None = 1,
 ) -> PrecisionRecall:
-    """The precision/recall curve of one class, matched as :func:`average_precision` matches.
+    """The precision/recall curve of one class, or of all, matched as :func:`average_precision` matches.
 
     Args:
         predictions: as for :func:`average_precision`.
         targets: as for :func:`average_precision`.
         iou_thresh: the least IoU, in (0, 1], of a true positive with its ground-truth box.
-        cls: the class index. Default 1 (the first object class).
+        cls: the class index, or None for every class pooled (a detection is still a true
+            positive only on a box of its own class; recall is over all ground-truth boxes).
+            Default 1 (the first object class).
 
     Returns:
         :class:`PrecisionRecall`; recall is 0 throughout when the class has no ground truth.
@@ -189,10 +217,11 @@ def precision_recall(
         ([1.0, 0.5], [0.5, 0.5])
     """
     scores, labels, is_tp, gt_counts = _pooled_matches(predictions, targets, iou_thresh)
-    mine = labels == cls
+    mine = labels == cls if cls is not None else np.ones(len(labels), dtype=bool)
+    n_truth = gt_counts.get(cls, 0) if cls is not None else sum(gt_counts.values())
     tp = np.cumsum(is_tp[mine])
     precision = tp / np.arange(1, len(tp) + 1)
-    recall = tp / max(gt_counts.get(cls, 0), 1)
+    recall = tp / max(n_truth, 1)
     return PrecisionRecall(scores[mine].astype(np.float64), precision.astype(np.float64), recall.astype(np.float64))
 
 

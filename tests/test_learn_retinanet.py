@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
+import rasterio
 import torch
 from matplotlib.figure import Figure
+from rasterio.transform import from_origin
 from torchvision.models import resnet34
 
 from geolearn import prepare_data
+from geolearn.learn import retinanet as retinanet_module
 from geolearn.learn.retinanet import RetinaNet
 from geolearn.models.anchors import DEFAULT_SCALES
 
@@ -204,3 +208,48 @@ def test_imagenet_weights_where_torchvision_looks_give_the_pretrained_recipe(tin
     model.fit(1, lr=1e-3, checkpoint=False, time_budget=600)
     assert len(model.learn.recorder.values) == 1
     assert torch.all(model.model.encoder[0].weight == 0.01)  # the frozen stem did not move
+
+
+def test_fit_calibrates_the_detection_threshold_that_detect_objects_and_the_package_keep(
+        model, monkeypatch, tmp_path):
+    assert model.threshold == 0.5  # not fitted: arcgis.learn's default
+    # The validation chips as the closing pass sees them: three crowns; by score a TP 0.8,
+    # an FP 0.6, TPs 0.5 and 0.3. F1 down to each: 0.5, 0.4, 0.67, 0.86 -> best at the last,
+    # so the cut is halfway between 0.3 and the 0.05 the detections were made at.
+    crowns = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0], [40.0, 0.0, 50.0, 10.0]])
+    found = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 30.0, 10.0, 40.0], [20.0, 0.0, 30.0, 10.0],
+                          [40.0, 0.0, 50.0, 10.0]])
+    seen = {}
+
+    def validation_pass(network, loader, settings, dtype, progress):
+        seen["floor"], seen["nms"] = settings.detect_thresh, settings.nms_overlap
+        return [(found, torch.tensor([1, 1, 2, 1]), torch.tensor([0.8, 0.6, 0.5, 0.3]))], [(crowns, torch.tensor([1, 2, 1]))]
+
+    monkeypatch.setattr("geolearn.learn.retinanet.evaluate", validation_pass)
+    model.fit(1, lr=1e-3, checkpoint=False)
+    assert seen == {"floor": 0.05, "nms": 0.1}
+    assert model.threshold == pytest.approx(0.175)
+
+    thresholds = []
+    real_runner = retinanet_module.network_runner
+    monkeypatch.setattr(retinanet_module, "network_runner",
+                        lambda *a, **k: thresholds.append(k["score_thresh"]) or real_runner(*a, **k))
+    raster = tmp_path / "scene.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(0, 64, 1, 1)) as dst:
+        dst.write(np.zeros((3, 64, 64), dtype=np.uint8))
+    model.detect_objects(raster, progress=False)
+    model.detect_objects(raster, threshold=0.9, progress=False)
+    assert thresholds == [pytest.approx(0.175), 0.9]
+
+    folder = model.save(tmp_path / "calibrated", compute_metrics=False)
+    assert RetinaNet.from_model(folder / "calibrated.dlpk").threshold == pytest.approx(0.175)
+    with pytest.raises(ValueError, match=r"threshold=1\.5: give a score between 0 and 1"):
+        model.threshold = 1.5
+
+
+def test_no_validation_detections_leave_the_threshold_at_one_half(model, monkeypatch):
+    monkeypatch.setattr("geolearn.learn.retinanet.evaluate", lambda *a: ([(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
+                                                                          torch.zeros(0))], [(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))]))
+    model.fit(1, lr=1e-3, checkpoint=False)
+    assert model.threshold == 0.5

@@ -14,6 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from geolearn.metrics import (
     COCO_IOU_THRESHOLDS,
+    PrecisionRecall,
     average_precision,
     precision_recall,
     coco_average_precision,
@@ -345,3 +346,32 @@ def test_precision_recall_of_a_class_without_detections_is_empty():
     curve = precision_recall([(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0))],
                              [(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([1]))])
     assert len(curve.scores) == 0 and curve.best_f1() == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_precision_recall_pools_every_class_with_cls_none():
+    # Chip 0: a pool box and a tree box. By score: 0.9 tree on the tree (TP), 0.8 pool on the tree
+    # box (its best box is another class: FP), 0.5 pool on the pool (TP). Three boxes in all.
+    predictions = [(torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]),
+                    torch.tensor([2, 1, 1]), torch.tensor([0.9, 0.8, 0.5]))]
+    targets = [(torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [50.0, 50.0, 60.0, 60.0]]),
+                torch.tensor([2, 1, 1]))]
+    curve = precision_recall(predictions, targets, iou_thresh=0.5, cls=None)
+    assert curve.scores.tolist() == pytest.approx([0.9, 0.8, 0.5])
+    assert curve.precision.tolist() == pytest.approx([1.0, 0.5, 2 / 3])
+    assert curve.recall.tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 3])
+    # One class alone: the pools (two boxes), found by the 0.5 detection only.
+    pools = precision_recall(predictions, targets, iou_thresh=0.5, cls=1)
+    assert pools.precision.tolist() == pytest.approx([0.0, 0.5]) and pools.recall.tolist() == pytest.approx([0.0, 0.5])
+
+
+def test_best_f1_cut_lies_halfway_below_the_best_point():
+    # Two ground-truth boxes; by score: TP 0.9, FP 0.7, TP 0.4, FP 0.2.
+    # F1 down to each: 2/3 (p 1, r 1/2), 1/2, 4/5 (p 2/3, r 1), 2/3 -> the best point is at 0.4.
+    curve = PrecisionRecall(np.array([0.9, 0.7, 0.4, 0.2]), np.array([1.0, 0.5, 2 / 3, 0.5]),
+                            np.array([0.5, 0.5, 1.0, 1.0]))
+    assert curve.best_f1()[0] == pytest.approx(0.8) and curve.best_f1()[3] == pytest.approx(0.4)
+    assert curve.best_f1_cut() == pytest.approx(0.3)  # halfway between 0.4 and 0.2
+    # Best at the last detection: halfway down to the floor the detections were made at.
+    last = PrecisionRecall(np.array([0.9, 0.3]), np.array([1.0, 1.0]), np.array([0.5, 1.0]))
+    assert last.best_f1_cut(floor=0.1) == pytest.approx(0.2)
+    assert PrecisionRecall(np.zeros(0), np.zeros(0), np.zeros(0)).best_f1_cut() is None

@@ -247,6 +247,21 @@ def test_geolearn_extras_live_under_one_geolearn_object() -> None:
         rgb_emd(zoom=0)
 
 
+def test_the_calibrated_threshold_round_trips_and_a_bad_one_names_the_key(tmp_path: Path) -> None:
+    assert rgb_emd()["geolearn"]["threshold"] is None
+    assert read_emd(save_package(tmp_path / "none", "none", state_dict=tiny_state_dict(),
+                                 emd=rgb_emd()) / "none.emd").threshold is None
+    folder = save_package(tmp_path / "t", "t", state_dict=tiny_state_dict(), emd=rgb_emd(threshold=0.27))
+    assert read_emd(folder / "t.emd").threshold == 0.27
+    with pytest.raises(ValueError, match=r"threshold=1\.2: a detection score between 0 and 1"):
+        rgb_emd(threshold=1.2)
+    emd = rgb_emd()
+    emd["geolearn"]["threshold"] = "0.3"
+    folder = save_package(tmp_path / "bad", "bad", state_dict=tiny_state_dict(), emd=emd)
+    with pytest.raises(ModelDefinitionError, match=r"bad\.emd: key 'geolearn\.threshold' must be a score between 0 and 1"):
+        read_emd(folder / "bad.emd")
+
+
 @pytest.mark.parametrize("zoom", [0, -1.5, "2", True])
 def test_a_bad_zoom_in_the_emd_names_the_key(tmp_path: Path, zoom) -> None:
     emd = rgb_emd()

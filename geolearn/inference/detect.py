@@ -95,7 +95,8 @@ def _parse_str(value: Any) -> str:
 MODEL_ARGUMENTS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "padding": (_parse_optional_int, ("pixels of context on each side of a window (adjacent windows overlap by "
                                       "twice it); default chip_size // 8")),
-    "threshold": (float, "minimum confidence in [0, 1] of a kept detection; default 0.5"),
+    "threshold": (float, ("minimum confidence in [0, 1] of a kept detection; default the "
+                              "threshold the model's fit calibrated, else 0.5")),
     "nms_overlap": (float, "IoU above which the weaker of two detections of a class is dropped; default 0.1"),
     "batch_size": (_parse_int, "windows per forward pass; default 2 on a CPU, 8 on a GPU"),
     "exclude_pad_detections": (_parse_bool, "drop detections cut by a window edge; default True"),

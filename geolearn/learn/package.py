@@ -100,7 +100,7 @@ METRICS_FILE = "model_metrics.html"
 
 # Keys of the "geolearn" object that build_emd fills itself; extras may not override them.
 _GEOLEARN_RESERVED = ("version", "normalization", "scales", "ratios", "chip_size", "zoom", "cell_size",
-                      "crs_wkt", "n_bands", "band_names")
+                      "crs_wkt", "n_bands", "band_names", "threshold")
 # Top-level entries of a model folder that a save may replace besides <name>.* (see the module doc).
 _PACKAGE_DIRS = (CHARACTERISTICS_DIR, "torch_scripts")
 _PACKAGE_FILES = (METRICS_FILE, INFERENCE_FUNCTION)
@@ -138,6 +138,7 @@ class ModelDefinition:
         average_precision: ``{class name: AP}`` when computed at save time.
         cell_size: ground sample distance of the training data (CRS units), when known.
         crs_wkt: CRS of the training data (WKT), when known.
+        threshold: the detection score threshold ``fit`` calibrated, or None (then 0.5).
         geolearn: the EMD's ``"geolearn"`` object (``{}`` in arcgis.learn's EMDs).
         emd: the EMD as read.
 
@@ -163,6 +164,7 @@ class ModelDefinition:
     average_precision: dict[str, float] | None = None
     cell_size: float | None = None
     crs_wkt: str | None = None
+    threshold: float | None = None
     geolearn: dict[str, Any] = field(default_factory=dict, repr=False)
     emd: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -274,6 +276,7 @@ def build_emd(
     extras: Mapping[str, Any] | None = None,
     n_bands: int | None = None,
     band_names: Sequence[str] | None = None,
+    threshold: float | None = None,
     imagery_type: str | None = None,
     image_space_used: str = "MAP_SPACE",
     inference_function: str = INFERENCE_FUNCTION,
@@ -312,6 +315,8 @@ def build_emd(
         extras: more entries for the ``"geolearn"`` object (not its reserved keys). Default None.
         n_bands: input bands; default ``len(extract_bands)``.
         band_names: band names, when known. Default None.
+        threshold: the detection score threshold ``fit`` calibrated (0–1), or None (the
+            default: readers use 0.5).
         imagery_type: arcgis.learn's ``imagery_type`` for multispectral models (default ``'ms'``).
         image_space_used: ``'MAP_SPACE'`` (the default) or ``'PIXEL_SPACE'`` (the export's
             reference system).
@@ -353,6 +358,8 @@ def build_emd(
         raise ValueError(f"normalization has {norm.n_bands} bands, the model reads {n_bands}: pass the data's own.")
     if not zoom > 0:
         raise ValueError(f"zoom={zoom!r}: network pixels per imagery pixel, a number > 0 (1.0 without resize_to).")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ValueError(f"threshold={threshold!r}: a detection score between 0 and 1, or None.")
     cell_entry, gsd = _cell_size_entry(cell_size, crs_wkt)
     extras = dict(extras or {})
     clash = sorted(set(extras) & set(_GEOLEARN_RESERVED))
@@ -410,6 +417,7 @@ def build_emd(
         "crs_wkt": crs_wkt,
         "n_bands": n_bands,
         "band_names": list(band_names) if band_names else None,
+        "threshold": float(threshold) if threshold is not None else None,
         **extras,
     }
     return emd
@@ -687,6 +695,12 @@ def read_emd(path: str | Path, *, require_model_file: bool = True) -> ModelDefin
     if band_names is not None and not (isinstance(band_names, list) and all(isinstance(b, str) for b in band_names)):
         raise reader.error("geolearn.band_names", "a list of band names", band_names, "Delete it or fix it.")
 
+    threshold = geolearn.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 <= threshold <= 1):
+        raise reader.error("geolearn.threshold", "a score between 0 and 1, or null", threshold,
+                           "Set it to the detection threshold to use, or delete it (0.5 is used).")
+
     cell_size = geolearn.get("cell_size")
     if cell_size is None:  # arcgis.learn: the training GSD only when the export had a single one
         low, high = emd.get("MinCellSize"), emd.get("MaxCellSize")
@@ -712,6 +726,7 @@ def read_emd(path: str | Path, *, require_model_file: bool = True) -> ModelDefin
         average_precision=_parse_average_precision(emd.get("average_precision_score")),
         cell_size=float(cell_size) if isinstance(cell_size, (int, float)) and not isinstance(cell_size, bool) else None,
         crs_wkt=geolearn.get("crs_wkt") if isinstance(geolearn.get("crs_wkt"), str) else None,
+        threshold=float(threshold) if threshold is not None else None,
         geolearn=geolearn,
         emd=emd,
     )

@@ -36,7 +36,7 @@ from geolearn.errors import GeolearnWarning
 from geolearn.learn.evaluation import DetectionSettings, evaluate
 from geolearn.learn.package import build_emd, load_state_dict, read_emd, resolve_model, save_package
 from geolearn.learn.precision import resolve_precision
-from geolearn.metrics import average_precision, mean_average_precision
+from geolearn.metrics import average_precision, mean_average_precision, precision_recall
 from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES, make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
 from geolearn.models.loss import RetinaNetLoss, cut_by_edge
@@ -63,6 +63,12 @@ logger = logging.getLogger(__name__)
 
 # How far below the take-off of the loss suggest_lr stays (see its docstring).
 TAKEOFF_DIVISOR = 15
+
+# detect_objects' score threshold for a model whose fit did not calibrate one (arcgis.learn's 0.5).
+DEFAULT_THRESHOLD = 0.5
+# The calibration at the end of fit: detections above CALIBRATION_FLOOR, matched at IoU 0.5.
+CALIBRATION_FLOOR = 0.05
+CALIBRATION_IOU = 0.5
 
 
 def suggest_lr(lrs: Sequence[float], losses: Sequence[float], valley_lr: float) -> float:
@@ -292,6 +298,7 @@ class RetinaNet:
         self.loss_func = RetinaNetLoss(self.anchors, n_classes=len(facts.classes) - 1)
         self.lr_find_figure: Figure | None = None
         self._lr: float | None = None
+        self._threshold: float | None = None  # calibrated by fit, read from the EMD
         # Whether the weights were loaded from a saved model (then the backbone's features are worth keeping).
         self._learned_weights = False
 
@@ -441,11 +448,14 @@ class RetinaNet:
                 (AMX/AVX512-BF16 CPUs, recent GPUs), else float32; True/``'bf16'``,
                 ``'fp16'`` (CUDA) or False forces it.
             time_budget: seconds of wall-clock time ``fit`` may take (an ``lr_find`` it runs
-                included), or None. The schedule then runs by time: it completes when the
+                included, the closing validation pass that sets :attr:`threshold` not), or None. The schedule then runs by time: it completes when the
                 budget or ``epochs`` runs out, whichever comes first, so ``fit(100,
                 time_budget=900)`` trains for 15 minutes with a full one-cycle schedule
                 (:class:`~geolearn.learn.callbacks.TimeBudget`).
             **kwargs: passed to fastai's ``fit_one_cycle``/``fit`` (e.g. ``wd``, ``pct_start``).
+
+        After training (and the reload of the best checkpoint), one more pass over the
+        validation chips sets :attr:`threshold`, the score cut ``detect_objects`` uses.
         """
         from fastai.callback.channelslast import ChannelsLast
         from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
@@ -480,6 +490,48 @@ class RetinaNet:
             self.learn.fit_one_cycle(epochs, lr_arg, cbs=callbacks, **kwargs)
         else:
             self.learn.fit(epochs, lr_arg, cbs=callbacks, **kwargs)
+        self._calibrate_threshold()
+
+    @property
+    def threshold(self) -> float:
+        """The score threshold ``detect_objects`` applies when given none, 0–1.
+
+        ``fit`` sets it to the score of best F1 on the validation chips (matched at IoU 0.5,
+        every class pooled, see :meth:`_calibrate_threshold`), and ``save`` writes it into the
+        EMD, so a loaded model keeps it. A model that was never fitted by geolearn (or whose
+        fit found nothing on the validation chips) has arcgis.learn's 0.5. Set it to choose
+        another.
+        """
+        return self._threshold if self._threshold is not None else DEFAULT_THRESHOLD
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"threshold={value!r}: give a score between 0 and 1, e.g. 0.3.")
+        self._threshold = float(value)
+
+    def _calibrate_threshold(self) -> None:
+        """Sets :attr:`threshold` to the validation chips' best-F1 score cut.
+
+        Why: a fixed 0.5 suits a pretrained network's confident scores, not the spread of
+        one trained from scratch for minutes. On the NEON Yellowstone benchmark (docs/training.md)
+        the best-F1 cut of a 15-minute model lay at 0.30 and 0.5 kept only about a third of
+        the crowns it found, so ``fit`` measures the cut it hands to ``detect_objects``.
+        Detections are made as ``detect_objects`` makes them (NMS 0.1) down to
+        ``CALIBRATION_FLOOR``; no detection leaves the threshold unset (0.5).
+        """
+        settings = DetectionSettings(self.anchors, self._data.chip_size, CALIBRATION_FLOOR, 0.1, CALIBRATION_IOU)
+        predictions, targets = evaluate(self.model, self._data.valid, settings, self._precision_dtype(), False)
+        curve = precision_recall(predictions, targets, iou_thresh=CALIBRATION_IOU, cls=None)
+        cut = curve.best_f1_cut(floor=CALIBRATION_FLOOR)
+        self._threshold = cut
+        if cut is None:
+            logger.info("no detections on the validation chips: detect_objects keeps the threshold %.2f",
+                        DEFAULT_THRESHOLD)
+            return
+        f1, precision, recall, _ = curve.best_f1()
+        logger.info("detection threshold %.2f: best F1 %.2f (precision %.2f, recall %.2f) on the validation chips",
+                    cut, f1, precision, recall)
 
     def _group_rates(self, lr: float | slice) -> float | slice:
         """The learning rates of the three parameter groups for ``lr``.
@@ -612,6 +664,7 @@ class RetinaNet:
                      pretrained=False, mixed_precision=None, weights=load_state_dict(definition.model_file))
         model._learned_weights = True
         model._lr = definition.learning_rate
+        model._threshold = definition.threshold
         if data is not None:
             model._attach_data(data)
         return model
@@ -677,6 +730,7 @@ class RetinaNet:
             band_names=facts.band_names,
             cell_size=facts.cell_size,
             crs_wkt=facts.crs_wkt,
+            threshold=self._threshold,
         )
         optimizer = None
         if save_optimizer and self.learn is not None and self.learn.opt is not None:
@@ -778,7 +832,7 @@ class RetinaNet:
         raster: str | Path,
         out_path: str | Path | None = None,
         *,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         nms_overlap: float = 0.1,
         padding: int | None = None,
         batch_size: int | None = None,
@@ -807,7 +861,8 @@ class RetinaNet:
                 the model was trained on.
             out_path: where to write the features: ``.gpkg`` (GeoPackage), ``.geojson``,
                 ``.shp`` or ``.parquet`` (GeoParquet, needs pyarrow); None writes nothing.
-            threshold: lowest confidence reported, 0–1.
+            threshold: lowest confidence reported, 0–1; None: the model's :attr:`threshold`
+                (calibrated by ``fit``, else 0.5).
             nms_overlap: IoU above which two detections are one object (intersection over the
                 smaller box for ``merge='greedy'``).
             padding: pixels of context on each side of a window, arcgis.learn's meaning:
@@ -845,6 +900,7 @@ class RetinaNet:
             resolve_output(out_path, None, overwrite)  # a bad or taken output name fails before any inference
         if batch_size is None:
             batch_size = 2 if next(self.model.parameters()).device.type == "cpu" else 8
+        threshold = self.threshold if threshold is None else threshold
         run_batch = network_runner(self.model, self.anchors, size, score_thresh=threshold, nms_overlap=nms_overlap,
                                    class_agnostic=class_agnostic, autocast_dtype=self._precision_dtype())
         # Windows of raster pixels that enlarge to the chip size when the model was trained on
