@@ -3,7 +3,7 @@
 ``geolearn demo`` runs the whole workflow on the bundled sample scene;
 ``geolearn export``, ``geolearn train`` and ``geolearn detect`` run its steps on your
 data (``export_training_data``, ``prepare_data`` → ``RetinaNet`` → ``fit`` → ``save``,
-``detect_objects``). Exit codes: 0 done, 2 bad input (the message says what to fix).
+``detect_objects``); ``geolearn export-onnx`` writes a model for ONNX Runtime and QGIS. Exit codes: 0 done, 2 bad input (the message says what to fix).
 """
 
 from __future__ import annotations
@@ -295,6 +295,25 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_onnx(args: argparse.Namespace) -> int:
+    from geolearn import RetinaNet
+
+    _require_paths(MODEL=args.model)
+    model = RetinaNet.from_model(args.model)
+    try:
+        path = model.export_onnx(args.out, threshold=args.threshold, nms_overlap=args.nms_overlap,
+                                 overwrite=args.overwrite)
+    except ImportError as err:
+        return _fail("export-onnx", str(err))
+    except ValueError as err:
+        if isinstance(err, GeolearnError):
+            raise
+        return _fail("export-onnx", str(err))
+    print(f"wrote {path}: normalised chips in, boxes (cx, cy, w, h in input pixels) and class scores out; it opens "
+          "in ONNX Runtime, and in QGIS Deepness as a Detector")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -457,6 +476,28 @@ def _add_detect(commands) -> None:
     detect.set_defaults(run=_detect)
 
 
+def _add_export_onnx(commands) -> None:
+    onnx = commands.add_parser(
+        "export-onnx",
+        help="write a trained model as ONNX for ONNX Runtime and the QGIS Deepness plugin",
+        description="Writes the network of a trained model (.dlpk, .emd or model folder) as one ONNX file: input "
+        "'images', normalised chips float32 [batch, bands, chip, chip]; output 'detections' [batch, 4 + classes, "
+        "anchors], per anchor the box centre and size in input pixels and the class scores (the layout of "
+        "Ultralytics' YOLO). The file carries the metadata the QGIS Deepness plugin reads (model type, class names, "
+        "tile size and overlap, standardisation, resolution, confidence and IoU thresholds).",
+        epilog="Needs the onnx package: pip install 'geolearn[onnx]'. See docs/model-packages.md.",
+    )
+    onnx.add_argument("model", metavar="MODEL", help="the trained model: .dlpk, .emd or its folder")
+    onnx.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    onnx.add_argument("--threshold", type=_unit_float, default=None, metavar="SCORE",
+                      help="the confidence Deepness proposes (default: the threshold the model's training "
+                      "calibrated, else 0.5)")
+    onnx.add_argument("--nms-overlap", type=_unit_float, default=0.1, metavar="IOU",
+                      help="the IoU threshold Deepness proposes (default 0.1)")
+    onnx.add_argument("--overwrite", action="store_true", help="replace OUT.onnx if it exists")
+    onnx.set_defaults(run=_export_onnx)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="geolearn",
@@ -486,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(commands)
     _add_train(commands)
     _add_detect(commands)
+    _add_export_onnx(commands)
     return parser
 
 

@@ -130,3 +130,22 @@ def tiny_data(tmp_path_factory):
 
     root = make_folder(tmp_path_factory.mktemp("tiny"), TINY_CHIPS)
     return prepare_data(root, chip_size=64, batch_size=4, val_split_pct=0.34)
+
+
+def firing_retinanet(data, seed: int):
+    """An untrained float32 RetinaNet whose classifier fires on scattered anchors (random last
+    layer, seeded): varied scores and boxes for tests where two paths must agree on every box."""
+    import torch
+
+    from geolearn.learn.retinanet import RetinaNet
+
+    torch.manual_seed(seed)
+    model = RetinaNet(data, backbone="resnet18", pretrained=False, mixed_precision=False)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        last = model.model.classifier[-1]
+        last.weight.copy_(torch.randn(last.weight.shape, generator=generator) * 0.03)
+        last.bias.fill_(-2.0)
+        regressor = model.model.box_regressor[-1]
+        regressor.weight.copy_(torch.randn(regressor.weight.shape, generator=generator) * 0.01)
+    return model

@@ -70,6 +70,7 @@ def test_help_lists_demo(capsys):
     ("export", ["pixels", "PASCAL_VOC_rectangles", "OUT/images", "--overwrite"]),
     ("train", ["--epochs", "lr_find", ".dlpk", "resnet18"]),
     ("detect", ["Confidence", "--scheduler", "Dask", "GeoPackage", "max-overlap-ratio", "calibrated, else 0.5"]),
+    ("export-onnx", ["normalised chips", "Deepness", "geolearn[onnx]", "--overwrite"]),
 ])
 def test_each_command_explains_itself(command, words, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -56,6 +56,8 @@ MODULES = [
     "geolearn.models.loss",
     "geolearn.models.postprocess",
     "geolearn.models.predictor",
+    "geolearn.models.portable",
+    "geolearn.models.raster_function",
     "geolearn.models.raster_detection",
     "geolearn.models.retinanet",
     "geolearn.metrics",

@@ -64,7 +64,7 @@ NORMALIZATION_STATS_KEYS = {
 }
 FIXED_VALUES = {
     "Framework": "arcgis.learn.models._inferencing",
-    "InferenceFunction": "ArcGISObjectDetector.py",
+    "InferenceFunction": "GeolearnObjectDetector.py",  # geolearn's own raster function, shipped in the package
     "ModelConfiguration": "_RetinaNet_Inference",
     "ModelType": "ObjectDetection",
     "ModelFormat": "NCHW",
@@ -278,9 +278,11 @@ def test_save_package_writes_every_file_and_plain_weights(tmp_path: Path) -> Non
     folder = save_tiny(tmp_path / "models" / "pools")
     assert folder == tmp_path / "models" / "pools"
     assert sorted(package_files(folder)) == [
-        "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png",
+        "GeolearnObjectDetector.py", "ModelCharacteristics/loss_graph.png", "ModelCharacteristics/show_results.png",
         "model_metrics.html", "pools.dlpk", "pools.emd", "pools.pth",
     ]
+    with zipfile.ZipFile(folder / "pools.dlpk") as archive:  # the EMD names it, so Pro finds it beside the EMD
+        assert "GeolearnObjectDetector.py" in archive.namelist()
     loaded = torch.load(folder / "pools.pth", weights_only=True)
     assert list(loaded) == list(tiny_state_dict())
     assert all(torch.equal(loaded[k], v) for k, v in tiny_state_dict().items())
@@ -609,7 +611,8 @@ def test_failed_swap_puts_the_previous_package_back(tmp_path: Path, monkeypatch:
 def test_resave_replaces_the_package(tmp_path: Path) -> None:
     folder = save_tiny(tmp_path / "pools", seed=0, extra_files={"pools-cpu.pt": b"old"})
     save_tiny(folder, seed=1, figures={})
-    assert sorted(package_files(folder)) == ["model_metrics.html", "pools.dlpk", "pools.emd", "pools.pth"]
+    assert sorted(package_files(folder)) == ["GeolearnObjectDetector.py", "model_metrics.html", "pools.dlpk",
+                                             "pools.emd", "pools.pth"]
     assert torch.equal(load_state_dict(folder / "pools.pth")["encoder.0.weight"], tiny_state_dict(1)["encoder.0.weight"])
     assert hidden_leftovers(tmp_path) == []
 
@@ -646,3 +649,17 @@ def test_save_package_rejects_bad_arguments(tmp_path: Path) -> None:
         save_package(tmp_path / "x", "x", state_dict=tiny_state_dict(), emd=rgb_emd(),
                      extra_files={"../escape.pt": b""})
     assert not (tmp_path / "x").exists() and hidden_leftovers(tmp_path) == []
+
+
+def test_only_geolearns_raster_function_is_shipped_and_a_0_1_folder_is_replaceable(tmp_path: Path) -> None:
+    # An EMD pointing Pro at its own copy of Esri's script ships no script of ours.
+    folder = save_package(tmp_path / "esri", "esri", state_dict=tiny_state_dict(),
+                          emd=rgb_emd(inference_function=package.PRO_INFERENCE_FUNCTION))
+    assert not (folder / "GeolearnObjectDetector.py").exists()
+    # A folder saved by geolearn 0.1 held Esri's script name: a new save may replace it.
+    old = tmp_path / "pools"
+    old.mkdir()
+    (old / "ArcGISObjectDetector.py").write_text("# written by an earlier save")
+    (old / "pools.pth").write_bytes(b"old")
+    save_tiny(old)
+    assert (old / "GeolearnObjectDetector.py").exists() and not (old / "ArcGISObjectDetector.py").exists()

@@ -112,14 +112,33 @@ class Normalization:
         """Scales raw pixels to [0, 1] per band: ``clip((raw - band_min) / (band_max - band_min), 0, 1)``.
 
         Args:
-            raw: ``Tensor[C, H, W]`` raw pixel values, any numeric dtype, ``C == n_bands``.
+            raw: ``Tensor[C, H, W]`` (or a batch ``[B, C, H, W]``) raw pixel values, any numeric
+                dtype, ``C == n_bands``.
 
         Returns:
-            ``Tensor[C, H, W]`` float32 in [0, 1].
+            float32 in [0, 1], the same shape.
         """
         low = torch.tensor(self.band_min, dtype=torch.float32)[:, None, None]
         high = torch.tensor(self.band_max, dtype=torch.float32)[:, None, None]
         return ((raw.float() - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+
+    def normalize(self, raw: Tensor) -> Tensor:
+        """Raw pixels → what the network takes: :meth:`scale`, then ``(x01 - mean) / std`` per band.
+
+        Args:
+            raw: ``Tensor[C, H, W]`` or a batch ``Tensor[B, C, H, W]`` of raw pixel values,
+                ``C == n_bands``.
+
+        Returns:
+            float32 of the same shape.
+
+        Examples:
+            >>> Normalization((0.0,), (200.0,), (0.5,), (0.25,), False).normalize(torch.tensor([[[100, 150]]]))
+            tensor([[[0., 1.]]])
+        """
+        mean = torch.tensor(self.mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(self.std, dtype=torch.float32)[:, None, None]
+        return (self.scale(raw) - mean) / std
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form written to the cache file :data:`CACHE_FILE`.

@@ -4,6 +4,8 @@ A saved model is a folder that ArcGIS Pro, arcgis.learn and geolearn all read::
 
     <folder>/<name>.pth                         weights: a plain state_dict, or exactly {'model', 'opt'}
     <folder>/<name>.emd                         JSON model definition (arcgis.learn's keys + one "geolearn" object)
+    <folder>/GeolearnObjectDetector.py          the raster function ArcGIS Pro runs (geolearn/models/raster_function.py)
+    <folder>/<name>_detector.pt                 its network: TorchScript, normalisation and box decoding inside
     <folder>/model_metrics.html                 backbone, learning rate, AP per class, figures (self-contained)
     <folder>/ModelCharacteristics/loss_graph.png
     <folder>/ModelCharacteristics/show_results.png
@@ -35,7 +37,7 @@ Decisions, each one deliberate:
   target; the backup is deleted last), so an interrupted save leaves the previous package, not a
   half-written one. An existing folder is only replaced when everything in it is something a
   model save writes (``<name>.pth/.emd/.dlpk``, ``<name>*.pt/.onnx``, ``model_metrics.html``,
-  ``ArcGISObjectDetector.py``, ``ModelCharacteristics/``, ``torch_scripts/``); anything else
+  ``GeolearnObjectDetector.py``, ``ArcGISObjectDetector.py``, ``ModelCharacteristics/``, ``torch_scripts/``); anything else
   (notes, checkpoints, a user's documents) makes the save refuse rather than delete it.
 """
 
@@ -65,6 +67,7 @@ from geolearn._version import __version__
 from geolearn.data.esri import ClassInfo, parse_classes, read_json
 from geolearn.data.normalization import Normalization
 from geolearn.errors import LabelFormatError, ModelDefinitionError, OutputExistsError
+from geolearn.models import raster_function
 from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES
 
 __all__ = [
@@ -76,6 +79,7 @@ __all__ = [
     "save_package",
     "ARCGIS_LEARN_VERSION",
     "INFERENCE_FUNCTION",
+    "ARCGIS_INFERENCE_FUNCTION",
     "PRO_INFERENCE_FUNCTION",
     "CHARACTERISTICS_DIR",
     "METRICS_FILE",
@@ -85,9 +89,13 @@ logger = logging.getLogger(__name__)
 
 # What arcgis.learn 2.4 writes for a RetinaNet (arcgis/learn/models/_retinanet.py, _arcgis_model.py).
 FRAMEWORK = "arcgis.learn.models._inferencing"
-INFERENCE_FUNCTION = "ArcGISObjectDetector.py"
-# arcgis.learn's save(save_inference_file=False) points Pro at its own copy of the script instead
-# of one in the model folder; geolearn does not ship Esri's script, see build_emd.
+# geolearn's own raster function, copied into every package (geolearn/models/raster_function.py).
+# Pro finds it by this name next to the EMD; the class inside bears the same name.
+INFERENCE_FUNCTION = "GeolearnObjectDetector.py"
+# What arcgis.learn (and geolearn 0.1) named: Esri's script, which decodes box sizes from the
+# centre channels (see geolearn.models.boxes.decode) and so draws geolearn's boxes near anchor size.
+ARCGIS_INFERENCE_FUNCTION = "ArcGISObjectDetector.py"
+# arcgis.learn's save(save_inference_file=False) points Pro at its own copy of Esri's script.
 PRO_INFERENCE_FUNCTION = "[Functions]System\\DeepLearning\\ArcGISLearn\\ArcGISObjectDetector.py"
 MODEL_CONFIGURATION = "_RetinaNet_Inference"
 MODEL_TYPE = "ObjectDetection"
@@ -100,10 +108,10 @@ METRICS_FILE = "model_metrics.html"
 
 # Keys of the "geolearn" object that build_emd fills itself; extras may not override them.
 _GEOLEARN_RESERVED = ("version", "normalization", "scales", "ratios", "chip_size", "zoom", "cell_size",
-                      "crs_wkt", "n_bands", "band_names", "threshold")
+                      "crs_wkt", "n_bands", "band_names", "threshold", "network_script")
 # Top-level entries of a model folder that a save may replace besides <name>.* (see the module doc).
 _PACKAGE_DIRS = (CHARACTERISTICS_DIR, "torch_scripts")
-_PACKAGE_FILES = (METRICS_FILE, INFERENCE_FUNCTION)
+_PACKAGE_FILES = (METRICS_FILE, INFERENCE_FUNCTION, ARCGIS_INFERENCE_FUNCTION)
 # Entries stored uncompressed in the .dlpk: deflating float weights or PNGs costs seconds, saves ~5 %.
 _STORED_SUFFIXES = {".pth", ".pt", ".png", ".onnx"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -277,6 +285,7 @@ def build_emd(
     n_bands: int | None = None,
     band_names: Sequence[str] | None = None,
     threshold: float | None = None,
+    network_script: str | None = None,
     imagery_type: str | None = None,
     image_space_used: str = "MAP_SPACE",
     inference_function: str = INFERENCE_FUNCTION,
@@ -317,13 +326,17 @@ def build_emd(
         band_names: band names, when known. Default None.
         threshold: the detection score threshold ``fit`` calibrated (0–1), or None (the
             default: readers use 0.5).
+        network_script: the package's TorchScript file for the raster function
+            (:func:`geolearn.models.portable.script_bytes`), relative to the EMD, or None.
         imagery_type: arcgis.learn's ``imagery_type`` for multispectral models (default ``'ms'``).
         image_space_used: ``'MAP_SPACE'`` (the default) or ``'PIXEL_SPACE'`` (the export's
             reference system).
-        inference_function: the Pro raster function. arcgis.learn writes ``'ArcGISObjectDetector.py'``
-            (the default, :data:`INFERENCE_FUNCTION`) and puts its script next to the EMD;
-            :data:`PRO_INFERENCE_FUNCTION` points Pro at its own copy instead, for folders
-            without the script.
+        inference_function: the raster function ArcGIS Pro runs: geolearn's own,
+            ``'GeolearnObjectDetector.py'`` (the default, :data:`INFERENCE_FUNCTION`), which
+            :func:`save_package` copies next to the EMD and which needs ``network_script``;
+            arcgis.learn's names (:data:`ARCGIS_INFERENCE_FUNCTION`,
+            :data:`PRO_INFERENCE_FUNCTION`) run Esri's script, which decodes geolearn's box
+            sizes wrongly (see docs/model-packages.md).
 
     Returns:
         The EMD as a JSON-serialisable dict (keys in arcgis.learn's order).
@@ -418,6 +431,7 @@ def build_emd(
         "n_bands": n_bands,
         "band_names": list(band_names) if band_names else None,
         "threshold": float(threshold) if threshold is not None else None,
+        "network_script": network_script,
         **extras,
     }
     return emd
@@ -1092,6 +1106,9 @@ def _write_package(staging: Path, name: str, state_dict: Mapping[str, Tensor], e
     (staging / f"{name}.emd").write_text(json.dumps(emd, indent=2, allow_nan=False), encoding="utf-8")
     images = _write_figures(staging, figures or {})
     reserved = {weights.name, f"{name}.emd", f"{name}.dlpk", METRICS_FILE}
+    if emd.get("InferenceFunction") == INFERENCE_FUNCTION:  # the EMD names it: Pro looks for it beside the EMD
+        shutil.copyfile(raster_function.__file__, staging / INFERENCE_FUNCTION)
+        reserved.add(INFERENCE_FUNCTION)
     _write_extra_files(staging, extra_files or {}, reserved)
     (staging / METRICS_FILE).write_text(_metrics_html(name, emd, images, metrics), encoding="utf-8")
     _write_dlpk(staging, name)
@@ -1165,7 +1182,7 @@ def save_package(
         ...                 classes=[ClassInfo(1, "pool", (0, 168, 132))], chip_size=256, extract_bands=[0, 1, 2])
         >>> folder = save_package(Path(tempfile.mkdtemp()) / "pools", "pools", state_dict={"w": torch.zeros(2)}, emd=emd)
         >>> sorted(p.name for p in folder.iterdir())
-        ['model_metrics.html', 'pools.dlpk', 'pools.emd', 'pools.pth']
+        ['GeolearnObjectDetector.py', 'model_metrics.html', 'pools.dlpk', 'pools.emd', 'pools.pth']
         >>> save_package(folder, "pools", state_dict={"w": torch.ones(2)}, emd=emd, overwrite=False)
         Traceback (most recent call last):
         ...

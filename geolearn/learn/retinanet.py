@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import os
 import time
 import warnings
 from collections import Counter
@@ -32,7 +34,8 @@ from geolearn.data.esri import DATASET_TYPES, ClassInfo
 from geolearn.data.georef import detections_frame, resolve_output, write_features
 from geolearn.data.images import read_chip, read_image_info
 from geolearn.data.normalization import Normalization
-from geolearn.errors import GeolearnWarning
+from geolearn._version import __version__
+from geolearn.errors import GeolearnWarning, OutputExistsError
 from geolearn.learn.evaluation import DetectionSettings, evaluate
 from geolearn.learn.package import build_emd, load_state_dict, read_emd, resolve_model, save_package
 from geolearn.learn.precision import resolve_precision
@@ -40,6 +43,7 @@ from geolearn.metrics import average_precision, mean_average_precision, precisio
 from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES, make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
 from geolearn.models.loss import RetinaNetLoss, cut_by_edge
+from geolearn.models.portable import deepness_metadata, onnx_bytes, script_bytes
 from geolearn.models.predictor import MergeMethod, network_runner, predict_tiles, zoomed_runner
 from geolearn.models.raster_detection import detect_raster
 from geolearn.models.retinanet import build_retinanet, param_groups
@@ -681,16 +685,22 @@ class RetinaNet:
     ) -> Path:
         """Saves the model package: ``<name>.pth``, ``<name>.emd``, metrics page, figures, ``<name>.dlpk``.
 
+        Every package also holds the raster function ArcGIS Pro and Image Server run,
+        ``GeolearnObjectDetector.py``, and its network ``<name>_detector.pt`` (TorchScript with
+        the normalisation, zoom and box decoding inside): see docs/model-packages.md.
+
         Args:
             name_or_path: a name (saved in ``<data.path>/models/<name>/``) or a folder path.
-            framework: ``'PyTorch'``, or ``'torchscript'`` to add ``<name>.pt``, the network
-                traced for the training chip size (loads with ``torch.jit.load`` without geolearn).
+            framework: ``'PyTorch'``; ``'torchscript'`` to add ``<name>.pt``, the bare network
+                traced for the training chip size (loads with ``torch.jit.load`` without
+                geolearn); ``'onnx'`` to add ``<name>.onnx`` (needs ``geolearn[onnx]``), which
+                ONNX Runtime and the QGIS Deepness plugin run (:meth:`export_onnx`).
             publish: publishing to ArcGIS Online/Enterprise is outside geolearn (must be False).
             gis: accepted for arcgis.learn compatibility (must be None).
             compute_metrics: compute the validation AP per class into the EMD (needs data).
             save_optimizer: also save the optimizer state (``{'model', 'opt'}`` in the .pth).
-            save_inference_file: accepted for arcgis.learn compatibility; geolearn packages
-                name ArcGIS Pro's own inference function.
+            save_inference_file: accepted for arcgis.learn compatibility; every geolearn
+                package carries its raster function.
 
         Returns:
             The package folder.
@@ -698,8 +708,9 @@ class RetinaNet:
         if publish or gis is not None:
             raise NotImplementedError("publish=True / gis= upload to ArcGIS Online or Enterprise, which is outside "
                                       "geolearn: share the saved .dlpk instead.")
-        if framework.lower() not in ("pytorch", "torchscript"):
-            raise NotImplementedError(f"framework={framework!r}: geolearn saves 'PyTorch' and 'torchscript' packages.")
+        if framework.lower() not in ("pytorch", "torchscript", "onnx"):
+            raise NotImplementedError(f"framework={framework!r}: geolearn saves 'PyTorch', 'torchscript' and 'onnx' "
+                                      "packages.")
         path = Path(name_or_path)
         folder = path if (path.is_absolute() or len(path.parts) > 1) else self._models_folder() / path.name
         name = folder.name
@@ -731,13 +742,86 @@ class RetinaNet:
             cell_size=facts.cell_size,
             crs_wkt=facts.crs_wkt,
             threshold=self._threshold,
+            network_script=f"{name}_detector.pt",
         )
         optimizer = None
         if save_optimizer and self.learn is not None and self.learn.opt is not None:
             optimizer = self.learn.opt.state_dict()
-        extra_files = {f"{name}.pt": self._traced_network()} if framework.lower() == "torchscript" else None
+        extra_files = {f"{name}_detector.pt": self._network_script()}
+        if framework.lower() == "torchscript":
+            extra_files[f"{name}.pt"] = self._traced_network()
+        if framework.lower() == "onnx":
+            extra_files[f"{name}.onnx"] = self._onnx()
         return save_package(folder, name, state_dict=self.model.state_dict(), emd=emd, optimizer_state=optimizer,
                             figures=figures, extra_files=extra_files)
+
+    def _network_script(self) -> bytes:
+        """The package's TorchScript for its raster function: raw windows → boxes and scores."""
+        facts = self._facts
+        return script_bytes(self.model, self.anchors, facts.chip_size, facts.normalization,
+                            window_size=round(facts.chip_size / facts.zoom))
+
+    def _onnx(self, threshold: float | None = None, nms_overlap: float = 0.1) -> bytes:
+        """The ONNX file of :meth:`export_onnx`."""
+        facts = self._facts
+        cell_size_m = None  # what the network sees: the training pixels, enlarged by the zoom
+        if facts.cell_size is not None and facts.crs_wkt is not None:
+            from pyproj import CRS  # geopandas' dependency; only to tell metres from degrees
+
+            axes = CRS.from_wkt(facts.crs_wkt).axis_info
+            if axes and axes[0].unit_name in ("metre", "meter"):
+                cell_size_m = facts.cell_size / facts.zoom
+        metadata = deepness_metadata(
+            facts.classes[1:], facts.chip_size, facts.normalization,
+            threshold=self.threshold if threshold is None else threshold, nms_overlap=nms_overlap,
+            overlap_percent=25, cell_size_m=cell_size_m,
+        )
+        metadata["geolearn"] = json.dumps({
+            "version": __version__, "chip_size": facts.chip_size, "zoom": facts.zoom,
+            "normalization": facts.normalization.to_json(), "class_names": facts.classes[1:],
+            "extract_bands": list(facts.extract_bands) if facts.extract_bands is not None else None,
+            "input": "normalised chips (float32 [batch, bands, chip_size, chip_size])",
+            "output": "[batch, 4 + classes, anchors]: cx, cy, w, h in input pixels, then sigmoid class scores",
+        })
+        return onnx_bytes(self.model, self.anchors, facts.chip_size, facts.n_bands, metadata)
+
+    def export_onnx(self, path: str | Path, *, threshold: float | None = None, nms_overlap: float = 0.1,
+                    overwrite: bool = False) -> Path:
+        """Writes the network as an ONNX file for ONNX Runtime and the QGIS Deepness plugin.
+
+        Input ``images``: normalised chips, float32 ``[batch, bands, chip_size, chip_size]``
+        (raw pixels scaled and standardised as the model's ``normalization`` says). Output
+        ``detections``: float32 ``[batch, 4 + C, A]``, one column per anchor: the box centre
+        and size in input pixels (``cx, cy, w, h``), then the C class scores (sigmoid), not
+        thresholded or suppressed: the layout Ultralytics' YOLO exports. The ONNX metadata
+        holds what Deepness reads (``model_type``, ``det_type``, ``class_names``,
+        ``tiles_size``, ``tiles_overlap``, ``det_conf``, ``det_iou_thresh``, the
+        standardisation and ``resolution``) and a ``geolearn`` entry with the model's facts.
+
+        Args:
+            path: the ``.onnx`` file to write.
+            threshold: ``det_conf`` for Deepness; None: the model's :attr:`threshold`. Keyword only.
+            nms_overlap: ``det_iou_thresh`` for Deepness. Default 0.1.
+            overwrite: replace an existing file.
+
+        Returns:
+            The path written.
+
+        Raises:
+            ImportError: the ``onnx`` package is missing (``pip install 'geolearn[onnx]'``).
+            OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        """
+        path = Path(path)
+        if path.suffix.lower() != ".onnx":
+            raise ValueError(f"{path}: give a file name ending in .onnx.")
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path}: exists; pass overwrite=True or choose another name.")
+        content = self._onnx(threshold, nms_overlap)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(content)
+        os.replace(partial, path)  # never a half-written model at path
+        return path
 
     def _traced_network(self) -> bytes:
         """The network as TorchScript, traced in eval mode on one chip of the training size."""
@@ -758,11 +842,7 @@ class RetinaNet:
 
     def _network_input(self, pixels: Tensor) -> Tensor:
         """Raw ``[C, H, W]`` (or a batch ``[B, C, H, W]``) pixels → the scaled, standardised float32 the network takes."""
-        norm = self._facts.normalization
-        scaled = norm.scale(pixels)
-        mean = torch.tensor(norm.mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(norm.std, dtype=torch.float32)[:, None, None]
-        return (scaled - mean) / std
+        return self._facts.normalization.normalize(pixels)
 
     def predict(
         self,

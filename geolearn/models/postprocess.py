@@ -1,4 +1,9 @@
-"""From network outputs to detections: scores, decoded boxes in chip pixels, NMS."""
+"""From network outputs to detections: scores, decoded boxes in chip pixels, NMS.
+
+The selection after decoding (threshold, top-k, clip, NMS) is
+:func:`geolearn.models.raster_function.select_detections`, the very function that a saved
+package's ArcGIS raster function runs without geolearn.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,11 @@ from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, nms, remove_small_boxes
 
-from geolearn.data.boxes import unit_to_pixel
-from geolearn.models.boxes import cthw_to_xyxy, decode
+from geolearn.models.boxes import cthw_to_chip, decode
+from geolearn.models.raster_function import select_detections
 
 __all__ = ["Detections", "detect"]
-
-# Boxes narrower or lower than this (pixels) after clipping are dropped: slivers at the chip
-# edge, and zero-area boxes that would make NMS divide by zero.
-_MIN_SIDE_PX = 1e-2
-
 
 class Detections(NamedTuple):
     """Detections in one chip, best first.
@@ -47,27 +46,11 @@ def _detect_one(
     pre_nms_top_k: int,
 ) -> Detections:
     """One chip: ``cls_logits [A, C]``, ``box_deltas [A, 4]``, ``anchors [A, 4]`` cthw → :class:`Detections`."""
-    n_classes = cls_logits.shape[1]
-    scores = torch.sigmoid(cls_logits.float()).flatten()  # [A·C], anchor-major
-    candidates = torch.nonzero(scores > score_thresh).squeeze(1)
-    scores = scores[candidates]
-    if len(scores) > pre_nms_top_k:  # NMS is quadratic; the rest would rarely survive it
-        scores, order = scores.topk(pre_nms_top_k)
-        candidates = candidates[order]
-    anchor_idx = candidates // n_classes
-    labels = candidates % n_classes + 1
-
-    unit_boxes = cthw_to_xyxy(decode(box_deltas[anchor_idx].float(), anchors[anchor_idx]))
-    chip_boxes = unit_to_pixel(unit_boxes, chip_size, chip_size).clamp(0, chip_size)
-    keep = remove_small_boxes(chip_boxes, _MIN_SIDE_PX)
-    chip_boxes, labels, scores = chip_boxes[keep], labels[keep], scores[keep]
-
-    if class_agnostic:
-        keep = nms(chip_boxes, scores, nms_overlap)
-    else:
-        keep = batched_nms(chip_boxes, scores, labels, nms_overlap)
-    keep = keep[:max_detections]  # both NMS functions return indices by descending score
-    return Detections(chip_boxes[keep], labels[keep], scores[keep])
+    chip_boxes = cthw_to_chip(decode(box_deltas.float(), anchors), chip_size)
+    return Detections(*select_detections(
+        chip_boxes, torch.sigmoid(cls_logits.float()), chip_size, threshold=score_thresh, nms_overlap=nms_overlap,
+        class_agnostic=class_agnostic, max_detections=max_detections, pre_nms_top_k=pre_nms_top_k,
+    ))
 
 
 def detect(

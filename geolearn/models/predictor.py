@@ -36,6 +36,7 @@ from torchvision.ops import batched_nms, box_area, nms
 
 from geolearn.data.tiling import axis_offsets
 from geolearn.models.postprocess import Detections, detect
+from geolearn.models.raster_function import clip_boxes, seam_verdict
 
 __all__ = [
     "ImageDetections",
@@ -61,10 +62,6 @@ __all__ = [
 MergeMethod = Literal["nms", "greedy"]
 RunBatch = Callable[[Tensor], Sequence[Detections]]
 
-# Boxes narrower or lower than this (pixels) after clipping to the image are dropped: boxes that
-# lay in the zero padding past the image edge, and zero-area boxes that would make NMS and
-# intersection-over-smaller divide by zero. The same floor as postprocess.detect's.
-_MIN_SIDE_PX = 1e-2
 # Candidate box pairs examined at once by greedy_merge (two int64 indices each: ≈ 64 MB).
 _PAIR_CHUNK = 1 << 22
 
@@ -282,20 +279,7 @@ def seam_filter(
     """
     window = plan.windows.to(image_boxes)[window_index]
     neighbour = plan.neighbour_edges.to(image_boxes)[window_index]
-    interior = neighbour.isfinite()  # [K, 4] (left, top, right, bottom): a neighbour across the side
-    x1, y1, x2, y2 = image_boxes.unbind(dim=1)
-    touch = torch.stack(
-        [x1 <= window[:, 0] + tolerance, y1 <= window[:, 1] + tolerance,
-         x2 >= window[:, 2] - tolerance, y2 >= window[:, 3] - tolerance],
-        dim=1,
-    ) & interior
-    # The far end of the box lies in the strip shared with the neighbour, clear of its far edge.
-    neighbour_sees_end = torch.stack(
-        [x2 <= neighbour[:, 0] - tolerance, y2 <= neighbour[:, 1] - tolerance,
-         x1 >= neighbour[:, 2] + tolerance, y1 >= neighbour[:, 3] + tolerance],
-        dim=1,
-    )
-    return SeamVerdict(keep=~(touch & neighbour_sees_end).any(dim=1), at_seam=touch.any(dim=1))
+    return SeamVerdict(*seam_verdict(image_boxes, window, neighbour, tolerance))
 
 
 def clip_to_image(image_boxes: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -314,12 +298,7 @@ def clip_to_image(image_boxes: Tensor, image_size: tuple[int, int]) -> tuple[Ten
         (tensor([[  0.,   0.,  10.,  10.],
                 [100.,   0., 100.,  10.]]), tensor([ True, False]))
     """
-    height, width = image_size
-    x = image_boxes[:, 0::2].clamp(0, width)
-    y = image_boxes[:, 1::2].clamp(0, height)
-    clipped = torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
-    has_area = ((x[:, 1] - x[:, 0]) >= _MIN_SIDE_PX) & ((y[:, 1] - y[:, 0]) >= _MIN_SIDE_PX)
-    return clipped, has_area
+    return clip_boxes(image_boxes, *image_size)
 
 
 def _intersecting_pairs(boxes: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
