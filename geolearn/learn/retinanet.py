@@ -766,10 +766,9 @@ class RetinaNet:
         facts = self._facts
         cell_size_m = None  # what the network sees: the training pixels, enlarged by the zoom
         if facts.cell_size is not None and facts.crs_wkt is not None:
-            from pyproj import CRS  # geopandas' dependency; only to tell metres from degrees
+            from rasterio.crs import CRS
 
-            axes = CRS.from_wkt(facts.crs_wkt).axis_info
-            if axes and axes[0].unit_name in ("metre", "meter"):
+            if CRS.from_wkt(facts.crs_wkt).linear_units in ("metre", "meter"):
                 cell_size_m = facts.cell_size / facts.zoom
         metadata = deepness_metadata(
             facts.classes[1:], facts.chip_size, facts.normalization,
@@ -819,8 +818,11 @@ class RetinaNet:
         content = self._onnx(threshold, nms_overlap)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_bytes(content)
-        os.replace(partial, path)  # never a half-written model at path
+        try:
+            partial.write_bytes(content)
+            os.replace(partial, path)  # never a half-written model at path
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
     def _traced_network(self) -> bytes:

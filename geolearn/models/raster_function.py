@@ -97,11 +97,12 @@ def _plain_batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, overlap: f
     bottom_right = torch.minimum(sorted_boxes[:, None, 2:], sorted_boxes[None, :, 2:])
     inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
     iou = inter / (area[:, None] + area[None, :] - inter)
+    later = torch.ones(len(order), len(order), dtype=torch.bool).triu(diagonal=1)
+    suppresses = (iou > overlap).cpu() & later  # [i, j]: box i, kept, would drop box j (ranked after it)
     suppressed = torch.zeros(len(order), dtype=torch.bool)
-    iou_over = (iou > overlap).cpu()
     for i in range(len(order)):
         if not suppressed[i]:
-            suppressed |= iou_over[i] & (torch.arange(len(order)) > i)
+            suppressed |= suppresses[i]
     return order[~suppressed.to(order.device)]
 
 
