@@ -1,35 +1,46 @@
 """Accuracy on real aerial imagery: geolearn's defaults against a bare torchvision loop, NEON tree crowns.
 
-    python benchmarks/real_accuracy.py [--minutes 15] [--only geolearn|bare] [--set fit.lr=1e-3 ...]
+    python benchmarks/real_accuracy.py [--epochs 30 | --screen | --minutes 15] [--only geolearn|bare]
+                                       [--set fit.lr=1e-3 ...] [--label NAME]
+    python benchmarks/real_accuracy.py --table          # the committed log as Markdown
 
-One run, one table. The Yellowstone crop of ``../shared/data/neon/`` (0.1 m RGB, 574 hand-drawn
-crowns) is split in space: the northern part (rows above ``--split``) is exported as training
-chips (256 px, stride 128, as ArcGIS Pro's tool does by default), the southern part, beyond a
-gap of ``--gap`` pixels, is never seen in training. Then, with the same chips and the same
-wall-clock budget:
+One run, one table, one record per method appended to the committed log
+``benchmarks/results/real_accuracy.jsonl``. The Yellowstone crop of ``../shared/data/neon/`` (0.1 m
+RGB, 574 hand-drawn crowns) is split in space: the northern part (rows above ``--split``) is
+exported as training chips (256 px, stride 128, as ArcGIS Pro's tool does by default), the
+southern part, beyond a gap of ``--gap`` pixels, is never seen in training. Then, with the same
+chips and the same budget (epochs, or wall-clock minutes with ``--minutes``):
 
 * **geolearn**: ``prepare_data(chips, chip_size=256, batch_size=8)``, ``RetinaNet(data,
-  backbone='resnet18')`` (random weights: none can be downloaded here), ``fit(100,
-  time_budget=...)`` with lr_find's choice (timed with it), then ``detect_objects`` over the
-  held-back raster;
+  backbone='resnet18')`` (random weights: none can be downloaded here), ``fit(epochs)`` with
+  lr_find's choice, then ``detect_objects`` over each site;
 * **bare**: torchvision's ``RetinaNet`` on a ResNet-18 FPN from scratch (BatchNorm trained,
   P6/P7 from P5, torchvision's anchors, images kept at the chip size), bfloat16 autocast with
-  channels_last, AdamW (lr 1e-3, weight decay 1e-4, 5 % linear warm-up then cosine by time),
-  random horizontal and vertical flips, batch 8, every chip; run over the held-back raster with
-  the same windows and merge as geolearn (the tiling is not what is compared).
+  channels_last, AdamW (lr 1e-3, weight decay 1e-4, 5 % linear warm-up then cosine), random
+  horizontal and vertical flips, batch 8, every chip; run over each site with the same windows
+  and merge as geolearn (the tiling is not what is compared).
 
-Both are scored in map coordinates against the crowns of the held-back part (crowns with at least
-half their area in it, clipped to it), and, out of site, over the whole OSBS plot (pine savanna,
-true georeference). Scores: AP@0.4 and AP@0.5 (VOC all-point, detections with score >= 0.05),
-recall at that score, precision/recall at the best F1 (IoU 0.4), and precision/recall of what
-a user gets: the detections above the output threshold (geolearn: the model's ``threshold``,
-which ``fit`` calibrates on the validation chips; bare: 0.5), from
+Sites, scored in map coordinates: **YELL held back** (the crowns of the held-back part with at
+least half their area in it, clipped to it; the same forest, another place), **OSBS** (another
+site: pine savanna, true georeference) and **SOAP** (a third site, mixed forest, a PASCAL VOC
+plot whose ``Alive`` and ``Dead`` crowns are one tree class, written as a GeoTIFF at NEON's
+0.1 m on a made-up origin). Scores: AP@0.4 and AP@0.5 (VOC all-point, detections with score >=
+0.05), recall at that score, precision/recall at the best F1 (IoU 0.4), and precision/recall of
+what a user gets: the detections above the output threshold (geolearn: the model's
+``threshold``, which ``fit`` calibrates on the validation chips; bare: 0.5), from
 :func:`geolearn.metrics.average_precision` and :func:`geolearn.metrics.precision_recall`.
+
+Recipes are compared by **epochs** (``--epochs``, default 30: a full run); the CPU changes
+between sessions and its bfloat16 speed with it, so training seconds are logged beside, not used
+as the budget. ``--screen`` is the quick setting (``SCREEN_EPOCHS`` epochs, under ~6 minutes on 2
+cores) for sorting out candidates before full runs; benchmarks/README.md records how its ranking
+compared with full runs.
 
 ``--set GROUP.NAME=VALUE`` changes one setting for the ablations of docs/training.md: GROUP is
 ``prepare`` (prepare_data), ``aug`` (default_batch_transforms), ``model`` (RetinaNet), ``loss``
-(RetinaNetLoss), ``fit`` or ``detect`` (detect_objects); VALUE is
-a Python literal. Results are appended to ``benchmarks/_work/real_accuracy/results.jsonl``.
+(RetinaNetLoss), ``fit`` or ``detect`` (detect_objects); VALUE is a Python literal. Each log
+record holds the label, the settings changed, the budget and the epochs trained, the training
+seconds, the CPU model, the git commit and the command, and per site the scores above.
 """
 
 from __future__ import annotations
@@ -38,7 +49,10 @@ import argparse
 import ast
 import json
 import math
+import platform
+import shlex
 import shutil
+import subprocess
 import sys
 import time
 import warnings
@@ -58,6 +72,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from geolearn import export_training_data, prepare_data  # noqa: E402
 from geolearn.data.dataset import ChipDataset  # noqa: E402
 from geolearn.data.georef import detections_frame  # noqa: E402
+from geolearn.data.labels import read_voc  # noqa: E402
 from geolearn.data.transforms import default_batch_transforms  # noqa: E402
 from geolearn.learn.retinanet import RetinaNet  # noqa: E402
 from geolearn.metrics import average_precision, precision_recall  # noqa: E402
@@ -66,8 +81,13 @@ from geolearn.models.postprocess import Detections  # noqa: E402
 from geolearn.models.raster_detection import detect_raster  # noqa: E402
 
 WORK = REPO / "benchmarks" / "_work" / "real_accuracy"
+RESULTS = REPO / "benchmarks" / "results" / "real_accuracy.jsonl"  # committed: every run's record
 YELL = "yell_528000_4978000"
 OSBS = "OSBS_029"
+SOAP = "SOAP_061"
+SOAP_CRS, SOAP_RESOLUTION = "EPSG:32611", 0.1  # NEON's UTM zone for SOAP and its 0.1 m orthophotos
+FULL_EPOCHS = 30  # the issue's yardstick for a full run
+SCREEN_EPOCHS = 8  # a screen: under ~6 minutes on 2 AMD EPYC cores, lr_find and scoring included
 SCORE_THRESH = 0.05  # the lowest score kept for scoring: AP needs the whole ranking
 # The output cut of the bare loop: 0.5, what a torchvision user (and arcgis.learn) keeps; geolearn's
 # is the model's calibrated threshold.
@@ -124,6 +144,30 @@ def truth_boxes(crowns: Path) -> torch.Tensor:
     return torch.tensor(gpd.read_file(crowns).geometry.bounds.to_numpy(), dtype=torch.float64)
 
 
+def soap_site(neon: Path) -> tuple[Path, torch.Tensor]:
+    """The SOAP plot as a GeoTIFF (0.1 m, made-up origin) and its crowns' map boxes, one class.
+
+    The VOC folder has pixels and pixel boxes only; ``detect_objects`` works in map units, so the
+    plot gets NEON's resolution on an origin at (0, height · 0.1) and the boxes the same affine.
+    """
+    image = neon / "soap_voc" / "images" / f"{SOAP}.png"
+    out = WORK / "soap" / f"{SOAP}.tif"
+    with rasterio.open(image) as src:
+        pixels = src.read()
+    transform = rasterio.transform.from_origin(0, pixels.shape[1] * SOAP_RESOLUTION, SOAP_RESOLUTION, SOAP_RESOLUTION)
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_suffix(".partial.tif")
+        with rasterio.open(partial, "w", driver="GTiff", width=pixels.shape[2], height=pixels.shape[1],
+                           count=pixels.shape[0], dtype=pixels.dtype, crs=SOAP_CRS, transform=transform) as dst:
+            dst.write(pixels)
+        partial.rename(out)
+    boxes = read_voc(neon / "soap_voc" / "labels" / f"{SOAP}.xml").chip_boxes.double()  # Alive and Dead alike
+    xs, ys = rasterio.transform.xy(transform, boxes[:, [1, 3]].flatten(), boxes[:, [0, 2]].flatten(), offset="ul")
+    xs, ys = torch.tensor(xs).reshape(-1, 2), torch.tensor(ys).reshape(-1, 2)
+    return out, torch.stack([xs[:, 0], ys[:, 1], xs[:, 1], ys[:, 0]], dim=1)
+
+
 # ---------------------------------------------------------------------------------- scoring
 
 
@@ -151,7 +195,9 @@ def score(frame: gpd.GeoDataFrame, truth: torch.Tensor, threshold: float) -> dic
 # ---------------------------------------------------------------------------------- geolearn
 
 
-def train_geolearn(chips: Path, seconds: float, settings: dict[str, dict]) -> tuple[RetinaNet, float]:
+def train_geolearn(chips: Path, budget: dict, settings: dict[str, dict]) -> tuple[RetinaNet, float]:
+    """geolearn trained as a user would: ``fit(epochs)`` with lr_find's rate (``budget``:
+    ``{"epochs": N}``, or ``{"minutes": M}``: ``fit(100, time_budget=...)``, lr_find timed with it)."""
     start = time.perf_counter()
     prepare = {"chip_size": CHIP, "batch_size": 8} | settings["prepare"]
     if settings["aug"]:  # an ablation of the augmentations' strength
@@ -160,7 +206,11 @@ def train_geolearn(chips: Path, seconds: float, settings: dict[str, dict]) -> tu
     model = RetinaNet(data, **({"backbone": "resnet18"} | settings["model"]))
     if settings["loss"]:  # an ablation of the loss's settings
         model.loss_func = model.learn.loss_func = RetinaNetLoss(model.anchors, len(data.classes) - 1, **settings["loss"])
-    model.fit(**({"epochs": 100, "time_budget": seconds - (time.perf_counter() - start)} | settings["fit"]))
+    if "epochs" in budget:
+        fit = {"epochs": budget["epochs"]}
+    else:
+        fit = {"epochs": 100, "time_budget": budget["minutes"] * 60 - (time.perf_counter() - start)}
+    model.fit(**(fit | settings["fit"]))
     trained = time.perf_counter() - start
     print(f"geolearn: lr {model._lr:.3g}, {len(model.learn.recorder.values)} epochs in {trained:.0f} s")
     return model, trained
@@ -185,7 +235,9 @@ def bare_model() -> nn.Module:
     return TorchvisionRetinaNet(backbone, num_classes=2, min_size=CHIP, max_size=CHIP)
 
 
-def train_bare(chips: Path, seconds: float, seed: int = 0) -> tuple[nn.Module, float]:
+def train_bare(chips: Path, budget: dict, seed: int = 0) -> tuple[nn.Module, float, float]:
+    """The bare loop for ``budget`` (``{"epochs": N}`` or ``{"seconds": S}``); returns the
+    model, the training seconds and the epochs trained (fractional when stopped by time)."""
     torch.manual_seed(seed)
     data = prepare_data(chips, chip_size=CHIP, batch_size=8, transforms=False)  # reads chips and labels only
     dataset = ChipDataset([*data.train_ds.images, *data.valid_ds.images], [*data.train_ds.labels, *data.valid_ds.labels],
@@ -195,11 +247,15 @@ def train_bare(chips: Path, seconds: float, seed: int = 0) -> tuple[nn.Module, f
     model = bare_model().train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     base_lr, warmup = 1e-3, 0.05
+    total_steps = budget["epochs"] * len(loader) if "epochs" in budget else None
     start = time.perf_counter()
     done, steps, running = False, 0, 0.0
     while not done:
         for items in loader:
-            progress = (time.perf_counter() - start) / seconds
+            if total_steps is None:
+                progress = (time.perf_counter() - start) / budget["seconds"]
+            else:
+                progress = steps / total_steps
             if progress >= 1:
                 done = True
                 break
@@ -222,8 +278,8 @@ def train_bare(chips: Path, seconds: float, seed: int = 0) -> tuple[nn.Module, f
             steps += 1
             running = 0.98 * running + 0.02 * float(loss) if steps > 1 else float(loss)
             if steps % 50 == 0:
-                print(f"bare: step {steps}, {progress:.0%} of the time, loss {running:.3f}", flush=True)
-    return model, time.perf_counter() - start
+                print(f"bare: step {steps}, {progress:.0%} of the budget, loss {running:.3f}", flush=True)
+    return model, time.perf_counter() - start, steps / len(loader)
 
 
 def bare_loss(model: nn.Module, images: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
@@ -276,50 +332,133 @@ def parse_settings(pairs: list[str]) -> dict[str, dict]:
     return settings
 
 
+def machine() -> dict[str, str | int | list[str]]:
+    """The CPU model, its bfloat16 features (AMX runs bf16 about 6x faster than AVX512-BF16) and
+    the threads torch uses: what a training time in the log depends on."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+    return {"cpu": model, "bf16": sorted(flags & {"amx_bf16", "avx512_bf16"}), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def git_commit() -> str:
+    """HEAD's short hash, ``+dirty`` when tracked files outside the results differ from it."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+
+    head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
+    dirty = git("diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results").returncode != 0
+    return head + ("+dirty" if dirty else "")
+
+
+def log_record(record: dict) -> None:
+    """Appends one run's record to the committed log, one JSON object per line."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def site_metrics(row: dict) -> dict[str, float]:
+    """The figures of one site that the log keeps, rounded to what one run can tell apart."""
+    keep = ("ap40", "ap50", "recall", "f1", "precision_at_f1", "recall_at_f1", "thresh_at_f1",
+            "precision_at_threshold", "recall_at_threshold", "threshold")
+    return {k: round(float(row[k]), 4) for k in keep} | {"detections": row["detections"], "crowns": row["crowns"]}
+
+
+def read_log(path: Path = RESULTS) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def markdown_table(records: list[dict], sites: tuple[str, ...] = ("YELL held back", "OSBS", "SOAP")) -> str:
+    """The log as a Markdown table: one line per record, AP@0.4 / AP@0.5 per site."""
+    lines = ["| run | method | changed | epochs | train min | "
+             + " | ".join(f"{site} AP@0.4 / 0.5" for site in sites) + " | CPU | commit |",
+             "| --- " * (7 + len(sites)) + "|"]
+    for r in records:
+        changed = "; ".join(f"{group}.{name}={value!r}" for group, values in r["changed"].items()
+                            for name, value in values.items()) or "defaults"
+        aps = [f"{r['sites'][site]['ap40']:.3f} / {r['sites'][site]['ap50']:.3f}" if site in r["sites"] else ""
+               for site in sites]
+        lines.append(f"| {r['label']} | {r['method']} | {changed} | {r['epochs']:g} | {r['train_s'] / 60:.1f} | "
+                     + " | ".join(aps) + f" | {r['machine']['cpu']} | {r['commit']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--neon", type=Path, default=REPO.parent / "shared" / "data" / "neon")
-    parser.add_argument("--minutes", type=float, default=15.0, help="training budget of each method (lr_find included)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, help=f"training epochs of each method (default {FULL_EPOCHS})")
+    budget.add_argument("--screen", action="store_true", help=f"a quick run: {SCREEN_EPOCHS} epochs")
+    budget.add_argument("--minutes", type=float, help="wall-clock training budget of each method instead "
+                                                      "(geolearn's lr_find included); the bare loop gets geolearn's time")
     parser.add_argument("--split", type=int, default=1700, help="first row of the gap between train and test parts")
     parser.add_argument("--gap", type=int, default=64, help="rows between the train and test parts")
     parser.add_argument("--only", choices=["geolearn", "bare"], help="run one method")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="GROUP.NAME=VALUE")
-    parser.add_argument("--label", default="", help="name of this run in results.jsonl")
+    parser.add_argument("--label", default="", help="name of this run in the log")
     parser.add_argument("--nms", default="", help="also score these comma-separated nms_overlap values")
+    parser.add_argument("--no-log", action="store_true", help="print the table only, append nothing to the log")
+    parser.add_argument("--table", action="store_true", help="print the log as a Markdown table and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(read_log()))
+        return
     warnings.simplefilter("ignore")
     settings = parse_settings(args.settings)
+    changed = {group: values for group, values in settings.items() if values}
+    if args.minutes is not None:
+        budget = {"minutes": args.minutes}
+    else:
+        budget = {"epochs": SCREEN_EPOCHS if args.screen else args.epochs or FULL_EPOCHS}
+    label = args.label or ("screen" if args.screen else "run")
     torch.manual_seed(0)
 
     paths = split_scene(args.neon, args.split, args.gap)
     chips = export_chips(paths)
+    soap_raster, soap_truth = soap_site(args.neon)
     sites = {"YELL held back": (paths["test"], truth_boxes(paths["test_crowns"])),
-             "OSBS": (args.neon / f"{OSBS}.tif", truth_boxes(args.neon / f"{OSBS}_crowns.gpkg"))}
-    seconds = args.minutes * 60
-    rows = []
+             "OSBS": (args.neon / f"{OSBS}.tif", truth_boxes(args.neon / f"{OSBS}_crowns.gpkg")),
+             "SOAP": (soap_raster, soap_truth)}
+    common = {"label": label, "budget": budget, "machine": machine(), "commit": git_commit(),
+              "command": shlex.join(["python", "benchmarks/real_accuracy.py", *sys.argv[1:]]),
+              "time": time.strftime("%Y-%m-%d %H:%M")}
+    rows, records = [], []
+    nms_values = [float(v) for v in args.nms.split(",") if v]
+    bare_budget = {"epochs": budget["epochs"]} if "epochs" in budget else None
     if args.only != "bare":
-        model, trained = train_geolearn(chips, seconds, settings)
-        seconds = trained  # the bare loop gets the time geolearn took
-        for site, (raster, truth) in sites.items():
-            rows.append({"method": "geolearn", "site": site, "train_s": trained,
-                         **score(detect_geolearn(model, raster, settings["detect"]), truth, model.threshold)})
-            for nms in [float(v) for v in args.nms.split(",") if v]:
-                rows.append({"method": f"geolearn nms {nms}", "site": site, "train_s": trained,
-                             **score(detect_geolearn(model, raster, settings["detect"] | {"nms_overlap": nms}), truth,
-                                     model.threshold)})
+        model, trained = train_geolearn(chips, budget, settings)
+        bare_budget = bare_budget or {"seconds": trained}  # by time, the bare loop gets the time geolearn took
+        epochs = len(model.learn.recorder.values)
+        for nms in [None, *nms_values]:
+            detect = settings["detect"] if nms is None else settings["detect"] | {"nms_overlap": nms}
+            method = "geolearn" if nms is None else f"geolearn nms {nms}"
+            scored = {site: score(detect_geolearn(model, raster, detect), truth, model.threshold)
+                      for site, (raster, truth) in sites.items()}
+            rows += [{"method": method, "site": site, "train_s": trained, **r} for site, r in scored.items()]
+            records.append(common | {
+                "method": "geolearn", "changed": changed | ({"detect": detect} if nms is not None else {}),
+                "epochs": epochs, "train_s": round(trained, 1), "lr": model._lr,
+                "sites": {site: site_metrics(r) for site, r in scored.items()}})
         if args.label:
             model.save(WORK / "models" / args.label, compute_metrics=False)
     if args.only != "geolearn":
-        model, trained = train_bare(chips, seconds)
-        for site, (raster, truth) in sites.items():
-            nms = settings["detect"].get("nms_overlap", 0.5)  # torchvision's own default
-            rows.append({"method": "bare torchvision", "site": site, "train_s": trained,
-                         **score(detect_bare(model, raster, nms), truth, BARE_THRESHOLD)})
-            for nms in [float(v) for v in args.nms.split(",") if v]:
-                rows.append({"method": f"bare nms {nms}", "site": site, "train_s": trained,
-                             **score(detect_bare(model, raster, nms), truth, BARE_THRESHOLD)})
+        model, trained, epochs = train_bare(chips, bare_budget)
+        for variant in [None, *nms_values]:
+            method = "bare torchvision" if variant is None else f"bare nms {variant}"
+            nms = settings["detect"].get("nms_overlap", 0.5) if variant is None else variant  # 0.5: torchvision's own
+            scored = {site: score(detect_bare(model, raster, nms), truth, BARE_THRESHOLD)
+                      for site, (raster, truth) in sites.items()}
+            rows += [{"method": method, "site": site, "train_s": trained, **r} for site, r in scored.items()]
+            records.append(common | {
+                "method": "bare torchvision",
+                "changed": {"detect": {"nms_overlap": nms}} if variant is not None or settings["detect"] else {},
+                "epochs": round(epochs, 2), "train_s": round(trained, 1), "lr": 1e-3,
+                "sites": {site: site_metrics(r) for site, r in scored.items()}})
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; settings {settings}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; budget {budget}; settings {changed}")
     header = f"{'method':<17} {'site':<14} {'train s':>7} {'AP@0.4':>7} {'AP@0.5':>7} {'recall':>6} " \
              f"{'P@F1':>5} {'R@F1':>5} {'thr':>5} {'det':>5} {'crowns':>6} {'out thr':>7} {'P':>5} {'R':>5}"
     print(header)
@@ -334,10 +473,10 @@ def main() -> None:
             bare = by_site[("bare torchvision", site)]
             ratio = by_site[("geolearn", site)] / bare if bare > 0 else float("inf")
             print(f"{site}: geolearn / bare AP@0.4 = {ratio:.2f}")
-    WORK.mkdir(parents=True, exist_ok=True)
-    with open(WORK / "results.jsonl", "a") as out:
-        out.write(json.dumps({"label": args.label, "settings": settings, "minutes": args.minutes, "rows": rows,
-                              "time": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+    if not args.no_log:
+        for record in records:
+            log_record(record)
+        print(f"{len(records)} record(s) appended to {RESULTS.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
