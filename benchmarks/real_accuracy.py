@@ -344,12 +344,13 @@ def machine() -> dict[str, str | int | list[str]]:
 
 
 def git_commit() -> str:
-    """HEAD's short hash, ``+dirty`` when tracked files outside the results differ from it."""
+    """HEAD's short hash, ``+dirty`` when the code behind the figures (the package, this script,
+    setup.cfg) differs from it; docs and the log itself do not count."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
 
     head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
-    dirty = git("diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results").returncode != 0
+    dirty = git("diff", "--quiet", "HEAD", "--", "geolearn", "benchmarks/real_accuracy.py", "setup.cfg").returncode != 0
     return head + ("+dirty" if dirty else "")
 
 
@@ -371,19 +372,67 @@ def read_log(path: Path = RESULTS) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def markdown_table(records: list[dict], sites: tuple[str, ...] = ("YELL held back", "OSBS", "SOAP")) -> str:
+SITES = ("YELL held back", "OSBS", "SOAP")
+DOCS_BEGIN, DOCS_END = "<!-- real_accuracy table: begin -->", "<!-- real_accuracy table: end -->"
+
+
+def describe(changed: dict[str, dict]) -> str:
+    return "; ".join(f"{group}.{name}={value!r}" for group, values in changed.items()
+                     for name, value in values.items()) or "defaults"
+
+
+def markdown_table(records: list[dict]) -> str:
     """The log as a Markdown table: one line per record, AP@0.4 / AP@0.5 per site."""
     lines = ["| run | method | changed | epochs | train min | "
-             + " | ".join(f"{site} AP@0.4 / 0.5" for site in sites) + " | CPU | commit |",
-             "| --- " * (7 + len(sites)) + "|"]
+             + " | ".join(f"{site} AP@0.4 / 0.5" for site in SITES) + " | CPU | commit |",
+             "| --- " * (7 + len(SITES)) + "|"]
     for r in records:
-        changed = "; ".join(f"{group}.{name}={value!r}" for group, values in r["changed"].items()
-                            for name, value in values.items()) or "defaults"
         aps = [f"{r['sites'][site]['ap40']:.3f} / {r['sites'][site]['ap50']:.3f}" if site in r["sites"] else ""
-               for site in sites]
-        lines.append(f"| {r['label']} | {r['method']} | {changed} | {r['epochs']:g} | {r['train_s'] / 60:.1f} | "
-                     + " | ".join(aps) + f" | {r['machine']['cpu']} | {r['commit']} |")
+               for site in SITES]
+        lines.append(f"| {r['label']} | {r['method']} | {describe(r['changed'])} | {r['epochs']:g} | "
+                     f"{r['train_s'] / 60:.1f} | " + " | ".join(aps) + f" | {r['machine']['cpu']} | {r['commit']} |")
     return "\n".join(lines)
+
+
+def mean_ap40(record: dict) -> float:
+    """The figure recipes are ranked by: AP@0.4 averaged over the three sites."""
+    return sum(record["sites"][site]["ap40"] for site in SITES) / len(SITES)
+
+
+def screen_agreement(records: list[dict]) -> str:
+    """Whether the screen ranks recipes as full runs do: geolearn settings logged both with
+    ``SCREEN_EPOCHS`` and ``FULL_EPOCHS`` (the latest record of each), ranked by mean AP@0.4."""
+    runs: dict[str, dict[str, dict]] = {}
+    for r in records:
+        kind = {SCREEN_EPOCHS: "screen", FULL_EPOCHS: "full"}.get(r["budget"].get("epochs"))
+        if r["method"] == "geolearn" and kind:
+            runs.setdefault(json.dumps(r["changed"], sort_keys=True), {})[kind] = r
+    both = {key: kinds for key, kinds in runs.items() if len(kinds) == 2}
+    if len(both) < 2:
+        return ""
+    rank = {kind: sorted(both, key=lambda key: -mean_ap40(both[key][kind])) for kind in ("screen", "full")}
+    lines = [f"| changed | screen ({SCREEN_EPOCHS} epochs) mean AP@0.4, rank | full ({FULL_EPOCHS} epochs) mean AP@0.4, rank |",
+             "| --- | --- | --- |"]
+    for key in rank["full"]:
+        cells = [f"{mean_ap40(both[key][kind]):.3f}, {rank[kind].index(key) + 1}" for kind in ("screen", "full")]
+        lines.append(f"| {describe(json.loads(key))} | {cells[0]} | {cells[1]} |")
+    verdict = "agree" if rank["screen"] == rank["full"] else "disagree"
+    return "\n".join(lines) + f"\n\nThe rankings of these {len(both)} settings {verdict}."
+
+
+def generated_docs() -> str:
+    """What docs/training.md holds between its markers: the log and the screen's agreement."""
+    records = read_log()
+    agreement = screen_agreement(records)
+    return "\n\n".join(part for part in (markdown_table(records), agreement) if part)
+
+
+def write_docs(path: Path) -> None:
+    text = path.read_text()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise SystemExit(f"{path}: no {DOCS_BEGIN} ... {DOCS_END} block to fill")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    path.write_text(f"{head}{DOCS_BEGIN}\n{generated_docs()}\n{DOCS_END}{rest.split(DOCS_END, 1)[1]}")
 
 
 def main() -> None:
@@ -402,9 +451,14 @@ def main() -> None:
     parser.add_argument("--nms", default="", help="also score these comma-separated nms_overlap values")
     parser.add_argument("--no-log", action="store_true", help="print the table only, append nothing to the log")
     parser.add_argument("--table", action="store_true", help="print the log as a Markdown table and exit")
+    parser.add_argument("--write-docs", type=Path, metavar="MD",
+                        help=f"fill the {DOCS_BEGIN} block of this file with the table and exit")
     args = parser.parse_args()
     if args.table:
-        print(markdown_table(read_log()))
+        print(generated_docs())
+        return
+    if args.write_docs:
+        write_docs(args.write_docs)
         return
     warnings.simplefilter("ignore")
     settings = parse_settings(args.settings)
@@ -419,9 +473,9 @@ def main() -> None:
     paths = split_scene(args.neon, args.split, args.gap)
     chips = export_chips(paths)
     soap_raster, soap_truth = soap_site(args.neon)
-    sites = {"YELL held back": (paths["test"], truth_boxes(paths["test_crowns"])),
-             "OSBS": (args.neon / f"{OSBS}.tif", truth_boxes(args.neon / f"{OSBS}_crowns.gpkg")),
-             "SOAP": (soap_raster, soap_truth)}
+    sites = dict(zip(SITES, [(paths["test"], truth_boxes(paths["test_crowns"])),
+                             (args.neon / f"{OSBS}.tif", truth_boxes(args.neon / f"{OSBS}_crowns.gpkg")),
+                             (soap_raster, soap_truth)]))
     common = {"label": label, "budget": budget, "machine": machine(), "commit": git_commit(),
               "command": shlex.join(["python", "benchmarks/real_accuracy.py", *sys.argv[1:]]),
               "time": time.strftime("%Y-%m-%d %H:%M")}
