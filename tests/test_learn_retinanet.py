@@ -79,13 +79,25 @@ def test_random_backbone_is_not_frozen_but_a_pretrained_one_is(tiny_data, monkey
 def test_fit_prints_the_five_columns(model, capsys):
     model.fit(2, lr=1e-3, checkpoint=False)
     out = capsys.readouterr().out
-    assert re.search(r"epoch\s+train_loss\s+valid_loss\s+average_precision\s+time", out)
-    # One row per epoch: epoch, three numbers (NaN would not match), mm:ss. A row may follow a
-    # progress bar's carriage-return output on the same line when stdout is not a terminal.
-    rows = re.findall(r"(?:^|\s)([01])\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+\d\d:\d\d", out, re.M)
-    assert [row[0] for row in rows] == ["0", "1"], out[-2000:]
+    # stdout is not a terminal here (a log, CI): the epoch table alone, no progress bar updates.
+    assert "\r" not in out and "█" not in out, out[:500]
+    lines = out.splitlines()
+    assert re.fullmatch(r"epoch\s+train_loss\s+valid_loss\s+average_precision\s+time\s*", lines[0]), lines[0]
+    # One row per epoch: epoch, three numbers (NaN would not match), mm:ss.
+    rows = [re.fullmatch(r"([01])\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+\d\d:\d\d\s*", line) for line in lines[1:3]]
+    assert all(rows) and [row[1] for row in rows] == ["0", "1"], out[-2000:]
     assert len(model.learn.recorder.values) == 2
     assert isinstance(model.plot_losses(), Figure)
+
+
+def test_fit_shows_fastai_bars_where_watched(model, capsys, monkeypatch):
+    import geolearn.learn.callbacks as callbacks
+
+    monkeypatch.setattr(callbacks, "watched", lambda: True)  # a notebook or a terminal
+    model.fit(1, lr=1e-3, checkpoint=False)
+    out = capsys.readouterr().out
+    assert "Epoch 1/1" in out and "\r" in out  # fastprogress's bar, updated in place
+    assert re.search(r"epoch\s+train_loss\s+valid_loss\s+average_precision\s+time", out)
 
 
 def test_lr_find_returns_a_float_in_range_and_restores_weights(model):

@@ -206,10 +206,16 @@ def test_band_selection_and_mismatch(tmp_path):
         run(path, BrightSquares(), n_bands=3)
 
 
-def test_progress_bar_and_bad_arguments(tmp_path):
+def test_progress_bar_where_watched_and_bad_arguments(tmp_path, capsys, monkeypatch):
+    import geolearn.models.raster_detection as raster_detection
+
     path = write_raster(tmp_path / "r.tif", scene(112, 160, SEAM_OBJECTS))
     found = run(path, BrightSquares(), progress=True)
     assert len(found.raster_boxes) == 4
+    assert capsys.readouterr().out == ""  # stdout is not a terminal: no bar
+    monkeypatch.setattr(raster_detection, "watched", lambda: True)  # a notebook or a terminal
+    assert len(run(path, BrightSquares(), progress=True).raster_boxes) == 4
+    assert "100.00% [" in capsys.readouterr().out  # fastprogress's bar, run to its end
     with pytest.raises(ValueError, match="merge='union'"):
         run(path, BrightSquares(), merge="union")
     with pytest.raises(ValueError, match="batch_size=0"):

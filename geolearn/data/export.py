@@ -37,7 +37,6 @@ import rasterio.env
 import shapely
 import torch
 from affine import Affine
-from fastprogress.fastprogress import progress_bar
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
@@ -67,6 +66,7 @@ from geolearn.errors import (
     NoOverlapError,
     OutputExistsError,
 )
+from geolearn.progress import progress_bar
 
 __all__ = ["export_training_data", "SUMMARY_FILE"]
 

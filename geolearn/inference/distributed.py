@@ -36,6 +36,7 @@ from typing import Any
 import geopandas as gpd
 
 from geolearn.errors import InputNotFoundError
+from geolearn.progress import progress_bar
 
 __all__ = ["MAX_CACHED_MODELS", "detect_on_cluster", "load_cached_model", "loaded_packages"]
 
@@ -192,8 +193,6 @@ def detect_on_cluster(
         futures = client.map(_detect_task, [str(r) for r in rasters], package=package, detector=detector,
                              arguments=dict(arguments), pure=False)
         if progress:
-            from fastprogress.fastprogress import progress_bar
-
             for _ in progress_bar(as_completed(futures), total=len(futures)):
                 pass
         return client.gather(futures)

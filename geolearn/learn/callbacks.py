@@ -1,4 +1,5 @@
-"""fastai callbacks: bfloat16 autocast for training, and the ``average_precision`` column.
+"""fastai callbacks: bfloat16 autocast for training, the ``average_precision`` column, a time
+budget, and progress that stays readable in a log.
 
 Only training uses them, and only training imports fastai (this module, the data pipeline and
 :class:`~geolearn.learn.retinanet.RetinaNet`'s training methods): a model that only predicts
@@ -20,12 +21,15 @@ from dataclasses import dataclass, field
 import torch
 from fastai.callback.core import Callback, CancelFitException, CancelTrainException
 from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.progress import ProgressCallback
 from fastai.learner import Metric
+from fastcore.basics import noop
 
 from geolearn.learn.evaluation import DetectionSettings, batch_detections, batch_targets
 from geolearn.metrics import average_precision, mean_average_precision
+from geolearn.progress import watched
 
-__all__ = ["Autocast", "precision_callbacks", "AveragePrecisionMetric", "TimeBudget"]
+__all__ = ["Autocast", "precision_callbacks", "AveragePrecisionMetric", "TimeBudget", "TableProgress"]
 
 logger = logging.getLogger(__name__)
 
@@ -246,3 +250,58 @@ class TimeBudget(Callback):
         if self.stopped_early:
             logger.info("time budget of %.0f s reached after %d epochs", self.seconds, self.epoch)
             raise CancelFitException()
+
+
+class TableProgress(ProgressCallback):
+    """fastai's progress bars where someone watches them; in a log, the epoch table alone.
+
+    In a notebook or a terminal this is fastai's ``ProgressCallback``. Where stdout is a file, a
+    pipe or CI (:func:`geolearn.progress.watched` is False) fastprogress would still write a
+    carriage-return update per batch; this writes only the table fastai prints, one line per
+    epoch, laid out as on a terminal, each line flushed so that a log can be followed.
+
+    Examples:
+        >>> [type(cb).__name__ for cb in model.learn.cbs]  # doctest: +SKIP
+        ['TrainEvalCallback', 'Recorder', 'CastToTensor', 'TableProgress']
+    """
+
+    def before_fit(self) -> None:
+        """fastai's bars where watched; else fastai's ``before_fit`` without the master bar."""
+        self._bars = watched()
+        self._names: list[str] | None = None
+        if self._bars:
+            return super().before_fit()
+        if self.learn.logger != noop:  # lr_find turns the table off
+            self.old_logger, self.learn.logger = self.logger, self._write_stats
+            self._write_stats(self.recorder.metric_names)
+        else:
+            self.old_logger = noop
+
+    def _launch_pbar(self) -> None:
+        if self._bars:
+            super()._launch_pbar()
+        else:
+            self.pbar = _NoBar()
+
+    def _write_stats(self, log: list) -> None:
+        if getattr(self, "mbar", False):
+            return super()._write_stats(log)
+        # The layout of fastprogress's ConsoleMasterBar.write(table=True).
+        cells = [f"{value:.6f}" if isinstance(value, float) else str(value) for value in log]
+        if self._names is None:
+            self._names = [cell.ljust(8) for cell in cells]
+            print("  ".join(self._names), flush=True)
+        else:
+            print("".join(cell.ljust(2 + len(name)) for cell, name in zip(cells, self._names)), flush=True)
+
+
+class _NoBar:
+    """What ProgressCallback's hooks call on a bar, doing nothing (``comment`` is set per batch)."""
+
+    comment = ""
+
+    def update(self, value: int) -> None:
+        pass
+
+    def on_iter_end(self) -> None:
+        pass

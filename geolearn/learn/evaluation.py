@@ -18,6 +18,7 @@ from torch import Tensor
 
 from geolearn.data.boxes import unit_to_pixel
 from geolearn.models.postprocess import detect
+from geolearn.progress import progress_bar
 
 __all__ = ["DetectionSettings", "batch_targets", "batch_detections", "evaluate"]
 
@@ -132,8 +133,6 @@ def evaluate(model: torch.nn.Module, loader, settings: DetectionSettings, autoca
         >>> len(predictions), predictions[0][0].shape, targets[0]  # an untrained network finds nothing
         (2, torch.Size([0, 4]), (tensor([[ 0.,  0., 32., 32.]]), tensor([1])))
     """
-    from fastprogress.fastprogress import progress_bar
-
     model.eval()
     device = next(model.parameters()).device
     predictions, targets = [], []

@@ -308,10 +308,11 @@ class RetinaNet:
 
     def _attach_data(self, data, wd: float = 1e-4) -> None:
         """Wraps the network in a fastai Learner over ``data`` (what fit, lr_find and the metric need)."""
+        from fastai.callback.progress import ProgressCallback
         from fastai.learner import Learner
         from fastai.optimizer import Adam
 
-        from geolearn.learn.callbacks import AveragePrecisionMetric
+        from geolearn.learn.callbacks import AveragePrecisionMetric, TableProgress
 
         if data.classes != self._facts.classes:
             raise ValueError(
@@ -331,6 +332,9 @@ class RetinaNet:
             path=data.path,
             model_dir="models",
         )
+        # fastai's bars, but only the epoch table in a log (TableProgress says why).
+        self.learn.remove_cbs([cb for cb in self.learn.cbs if type(cb) is ProgressCallback])
+        self.learn.add_cb(TableProgress())
         # With ImageNet weights the backbone starts frozen: only FPN, heads and BatchNorm
         # layers train (arcgis.learn). Freezing random weights would only cripple the
         # model, so without them everything trains from the start.

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from geolearn.data.raster_windows import WindowReader, read_raster_info, select_bands
 from geolearn.models.predictor import MergeMethod, RunBatch, merge_windows, plan_windows, window_detections
+from geolearn.progress import watched
 
 __all__ = ["RasterDetections", "detect_raster"]
 
@@ -148,7 +149,7 @@ def detect_raster(
     windows = torch.cat([offsets, torch.full_like(offsets[:, :1], chip_size)], dim=1).numpy()
     reader = WindowReader(info.path, windows, bands=bands, batch_size=batch_size, prefetch=prefetch)
 
-    bar = _progress_bar(len(reader)) if progress else None
+    bar = _progress_bar(len(reader)) if progress and watched() else None
     parts = []
     for batch in reader:
         crops = to_input(batch.pixels).contiguous(memory_format=torch.channels_last)
@@ -176,7 +177,8 @@ def detect_raster(
 
 
 def _progress_bar(total: int):
-    """A fastprogress bar over ``total`` windows, advanced by hand (``bar.update(done)``)."""
+    """A fastprogress bar over ``total`` windows, advanced by hand (``bar.update(done)``); only
+    where someone watches it (:func:`~geolearn.progress.watched`)."""
     from fastprogress.fastprogress import progress_bar
 
     bar = progress_bar(range(total), leave=False)
