@@ -481,10 +481,12 @@ def main() -> None:
               "time": time.strftime("%Y-%m-%d %H:%M")}
     rows, records = [], []
     nms_values = [float(v) for v in args.nms.split(",") if v]
-    bare_budget = {"epochs": budget["epochs"]} if "epochs" in budget else None
+    # By time the bare loop gets the time geolearn took (its lr_find included), or the budget alone.
+    bare_budget = {"epochs": budget["epochs"]} if "epochs" in budget else {"seconds": budget["minutes"] * 60}
     if args.only != "bare":
         model, trained = train_geolearn(chips, budget, settings)
-        bare_budget = bare_budget or {"seconds": trained}  # by time, the bare loop gets the time geolearn took
+        if "seconds" in bare_budget:
+            bare_budget = {"seconds": trained}
         epochs = len(model.learn.recorder.values)
         for nms in [None, *nms_values]:
             detect = settings["detect"] if nms is None else settings["detect"] | {"nms_overlap": nms}
