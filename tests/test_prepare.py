@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from fastai.vision.all import Brightness
 from matplotlib.figure import Figure
 
 from geolearn import prepare_data
@@ -172,6 +173,24 @@ def test_random_crops_keep_boxes_on_their_objects(voc_folder):
             for box in unit_to_pixel(unit_boxes[labels > 0], 40, 40).round().long().tolist():
                 xmin, ymin, xmax, ymax = box
                 assert image01[0, ymin:ymax, xmin:xmax].min() > 0.9  # the object is under its box
+
+
+def test_training_only_colour_transforms_run_on_training_batches_alone(voc_folder):
+    """fastai runs Brightness (split_idx 0) only where the dataset says it is the training split."""
+    data = prepare_data(voc_folder, chip_size=CHIP, batch_size=2, val_split_pct=0.4,
+                        transforms=[Brightness(max_lighting=0.5, p=1.0)])
+
+    def normalized(item_image):  # the chip as the network would see it without augmentation
+        mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+        return (item_image.as_subclass(torch.Tensor) - mean) / std
+
+    train_plain = [normalized(data.train_ds[i][0]) for i in range(len(data.train_ds))]
+    train_images = plain(data.train.one_batch())[0]
+    # chip_size is the chips' own size, so the random crop is the whole chip: only Brightness differs
+    assert not any(torch.allclose(image, chip, atol=1e-3) for image in train_images for chip in train_plain)
+    valid_images = plain(data.valid.one_batch())[0]
+    for image, i in zip(valid_images, range(len(data.valid_ds))):
+        assert torch.allclose(image, normalized(data.valid_ds[i][0]), atol=1e-5)
 
 
 def test_resize_to_squishes_chips_and_boxes(voc_folder):

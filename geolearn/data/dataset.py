@@ -82,6 +82,16 @@ class ChipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def split_idx(self) -> int:
+        """fastai's split index: 0 for training chips, 1 for validation chips.
+
+        fastai's ``TfmdDL`` hands it to its batch transforms, and those marked training-only
+        (``Brightness``, ``Contrast``, ``Saturation``: ``split_idx`` 0) run only when it is 0;
+        without it they never run.
+        """
+        return 0 if self.train else 1
+
     def targets(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Chip ``index``'s boxes and class indices, before any resize or crop.
 
