@@ -38,7 +38,10 @@ compared with full runs.
 
 ``--set GROUP.NAME=VALUE`` changes one setting for the ablations of docs/training.md: GROUP is
 ``prepare`` (prepare_data), ``aug`` (default_batch_transforms), ``model`` (RetinaNet), ``loss``
-(RetinaNetLoss), ``fit`` or ``detect`` (detect_objects); VALUE is a Python literal. Each log
+(RetinaNetLoss), ``fit`` or ``detect`` (detect_objects); VALUE is a Python literal. ``--from-model LABEL``
+trains nothing: it scores the model that the run logged as LABEL saved once more, with the
+``detect`` settings given, so that detection-time levers (NMS, test-time augmentation) are
+measured on the weights of their baseline row. Each log
 record holds the label, the settings changed, the budget and the epochs trained, the training
 seconds, the CPU model, the git commit and the command, and per site the scores above.
 """
@@ -218,6 +221,22 @@ def train_geolearn(chips: Path, budget: dict, settings: dict[str, dict]) -> tupl
 
 def detect_geolearn(model: RetinaNet, raster: Path, settings: dict) -> gpd.GeoDataFrame:
     return model.detect_objects(raster, **({"threshold": SCORE_THRESH, "progress": False} | settings))
+
+
+def saved_geolearn(label: str, settings: dict[str, dict]) -> tuple[RetinaNet, float, int, dict]:
+    """The model the logged geolearn run ``label`` saved, its training seconds and epochs, and
+    its settings with ``settings["detect"]`` added: the levers that act at detection time are
+    measured on the very weights their baseline row was measured on."""
+    trained = [r for r in read_log() if r["label"] == label and r["method"] == "geolearn"
+               and "detect" not in r["changed"]]
+    emd = WORK / "models" / label / f"{label}.emd"
+    if not trained or not emd.exists():
+        raise SystemExit(f"--from-model {label}: no logged geolearn run of that label with its model at {emd}; "
+                         "run with --label first.")
+    record = trained[-1]
+    model = RetinaNet.from_model(emd)
+    changed = record["changed"] | ({"detect": settings["detect"]} if settings["detect"] else {})
+    return model, record["train_s"], record["epochs"], changed
 
 
 # ---------------------------------------------------------------------------------- bare torchvision
@@ -449,6 +468,9 @@ def main() -> None:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="GROUP.NAME=VALUE")
     parser.add_argument("--label", default="", help="name of this run in the log")
     parser.add_argument("--nms", default="", help="also score these comma-separated nms_overlap values")
+    parser.add_argument("--from-model", metavar="LABEL",
+                        help="train nothing: score the model that the logged run LABEL saved again, with the "
+                             "--set detect.NAME=VALUE settings (for the levers that act at detection time)")
     parser.add_argument("--no-log", action="store_true", help="print the table only, append nothing to the log")
     parser.add_argument("--table", action="store_true", help="print the log as a Markdown table and exit")
     parser.add_argument("--write-docs", type=Path, metavar="MD",
@@ -483,11 +505,16 @@ def main() -> None:
     nms_values = [float(v) for v in args.nms.split(",") if v]
     # By time the bare loop gets the time geolearn took (its lr_find included), or the budget alone.
     bare_budget = {"epochs": budget["epochs"]} if "epochs" in budget else {"seconds": budget["minutes"] * 60}
-    if args.only != "bare":
+    if args.from_model:
+        model, trained, epochs, changed = saved_geolearn(args.from_model, settings)
+        common |= {"budget": {"epochs": epochs}, "label": args.label or f"{args.from_model}, rescored"}
+        args.only = "geolearn"
+    elif args.only != "bare":
         model, trained = train_geolearn(chips, budget, settings)
         if "seconds" in bare_budget:
             bare_budget = {"seconds": trained}
         epochs = len(model.learn.recorder.values)
+    if args.only != "bare":
         for nms in [None, *nms_values]:
             detect = settings["detect"] if nms is None else settings["detect"] | {"nms_overlap": nms}
             method = "geolearn" if nms is None else f"geolearn nms {nms}"
@@ -496,9 +523,9 @@ def main() -> None:
             rows += [{"method": method, "site": site, "train_s": trained, **r} for site, r in scored.items()]
             records.append(common | {
                 "method": "geolearn", "changed": changed | ({"detect": detect} if nms is not None else {}),
-                "epochs": epochs, "train_s": round(trained, 1), "lr": model._lr,
+                "epochs": epochs, "train_s": round(trained, 1), "lr": getattr(model, "_lr", None),
                 "sites": {site: site_metrics(r) for site, r in scored.items()}})
-        if args.label:
+        if args.label and not args.from_model:
             model.save(WORK / "models" / args.label, compute_metrics=False)
     if args.only != "geolearn":
         model, trained, epochs = train_bare(chips, bare_budget)

@@ -78,7 +78,7 @@ class BrightSquares:
 
     def detect_objects(self, raster, out_path=None, *, threshold=0.5, nms_overlap=0.1, padding=None, batch_size=8,
                        exclude_pad_detections=True, merge="nms", class_agnostic=False, bands=None, progress=True,
-                       overwrite=False):
+                       overwrite=False, test_time_augmentation=False):
         self.calls.append(Path(raster))
         with rasterio.open(raster) as src:
             pixels, transform, crs = src.read(), src.transform, src.crs

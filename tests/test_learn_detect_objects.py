@@ -127,6 +127,24 @@ def test_an_object_at_known_map_coordinates_is_found_there(model, tmp_path, grid
     assert found.geometry.iloc[0].area == pytest.approx(20 * xres * 10 * yres, rel=1e-4)
 
 
+def test_test_time_augmentation_finds_an_oblong_object_at_its_map_coordinates(model, tmp_path):
+    """Each window runs in 8 orientations and the boxes come back in the window's frame: a 20 × 6
+    pixel object on non-square pixels is found where it is, once, not turned."""
+    crs, (west, north), xres, yres = GRIDS["non-square"]
+    pixels = dark(150, 200)
+    paint(pixels, 120, 40, 140, 46)
+    path = write_raster(tmp_path / "oblong.tif", pixels, from_origin(west, north, xres, yres), crs)
+    model.model.crops_seen = 0
+    plain = model.detect_objects(path, progress=False)
+    windows = model.model.crops_seen
+    found = model.detect_objects(path, progress=False, test_time_augmentation=True)
+    assert model.model.crops_seen - windows == 8 * windows
+    assert len(found) == len(plain) == 1
+    expected = (west + 120 * xres, north - 46 * yres, west + 140 * xres, north - 40 * yres)
+    assert found.geometry.iloc[0].bounds == pytest.approx(expected, abs=0.01 * xres)
+    assert found["Confidence"].iloc[0] == pytest.approx(plain["Confidence"].iloc[0], abs=1e-3)
+
+
 def test_an_object_on_a_window_seam_is_reported_once_whole(model, tmp_path):
     transform = from_origin(500000.0, 4000000.0, 0.5, 0.5)
     pixels = dark(112, 160)  # windows at x = 0, 48, 96 and y = 0, 48

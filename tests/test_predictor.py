@@ -343,3 +343,36 @@ def test_bf16_runner_casts_weights_once_and_matches_plain_autocast():
         torch.testing.assert_close(got.chip_boxes, want.chip_boxes, rtol=0, atol=0)
         torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=0)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself is untouched
+
+
+def test_test_time_augmentation_finds_the_same_in_a_mirrored_crop(random_retinanet, one_thread):
+    """The 8 views of a crop and of its mirror image are the same 8 images: the fused detections of
+    the mirror, mirrored back, are the crop's own."""
+    from geolearn.models.tta import orient, unorient_boxes
+
+    model, anchors = random_retinanet.eval(), make_anchors(64)
+    crop = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    run_batch = network_runner(model, anchors, 64, score_thresh=0.3, test_time_augmentation=True)
+    with torch.inference_mode():
+        (found,) = run_batch(crop)
+        (mirrored,) = run_batch(orient(crop, 4))
+    assert len(found.scores) > 0
+    assert mirrored.labels.tolist() == found.labels.tolist()
+    torch.testing.assert_close(mirrored.scores, found.scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(unorient_boxes(mirrored.chip_boxes, 4, 64), found.chip_boxes, atol=1e-3, rtol=0)
+    assert (found.scores > 0.3).all() and (found.scores[:-1] >= found.scores[1:]).all()
+
+
+def test_test_time_augmentation_with_one_view_is_the_plain_network(random_retinanet, one_thread):
+    from geolearn.models.tta import augmented_runner
+
+    model, anchors = random_retinanet.eval(), make_anchors(64)
+    crops = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    plain = network_runner(model, anchors, 64, score_thresh=0.3)
+    with torch.inference_mode():
+        expected, got = plain(crops), augmented_runner(plain, 0.3, views=1)(crops)
+    assert sum(len(d.scores) for d in expected) > 0
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(have.chip_boxes, want.chip_boxes)
+        torch.testing.assert_close(have.scores, want.scores)
+        assert have.labels.tolist() == want.labels.tolist()

@@ -102,6 +102,8 @@ MODEL_ARGUMENTS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "exclude_pad_detections": (_parse_bool, "drop detections cut by a window edge; default True"),
     "merge": (_parse_str, "cross-window merge: 'nms' (default) or 'greedy' (joins pieces of large objects)"),
     "class_agnostic": (_parse_bool, "suppress and join overlapping detections whatever their class; default False"),
+    "test_time_augmentation": (_parse_bool, "run each window in its 8 orientations and fuse the boxes (8 times the "
+                                            "time); default False"),
 }
 
 # Files a folder given as ``input_raster`` contributes (GDAL reads more; these are the usual ones).
@@ -124,7 +126,7 @@ def parse_model_arguments(model_arguments: Mapping[str, Any] | None) -> dict[str
     Args:
         model_arguments: keys of :data:`MODEL_ARGUMENTS` (``padding``, ``threshold``,
             ``nms_overlap``, ``batch_size``, ``exclude_pad_detections``, ``merge``,
-            ``class_agnostic``); values as Python values or as ArcGIS's strings (``"0.5"``,
+            ``class_agnostic``, ``test_time_augmentation``); values as Python values or as ArcGIS's strings (``"0.5"``,
             ``"True"``). None: the model's defaults.
 
     Returns:

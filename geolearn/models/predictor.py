@@ -37,6 +37,7 @@ from torchvision.ops import batched_nms, box_area, nms
 from geolearn.data.tiling import axis_offsets
 from geolearn.models.postprocess import Detections, detect
 from geolearn.models.raster_function import clip_boxes, seam_verdict
+from geolearn.models.tta import VIEW_THRESH as TTA_VIEW_THRESH, augmented_runner
 
 __all__ = [
     "ImageDetections",
@@ -749,6 +750,7 @@ def network_runner(
     nms_overlap: float = 0.1,
     class_agnostic: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    test_time_augmentation: bool = False,
 ) -> RunBatch:
     """A RetinaNet network as a ``run_batch``: crops → per-crop detections in chip pixels.
 
@@ -771,6 +773,8 @@ def network_runner(
         class_agnostic: suppress across classes within a crop. Default False.
         autocast_dtype: e.g. ``torch.bfloat16`` to run the network under autocast; None (the
             default): as is.
+        test_time_augmentation: run each crop in its 8 orientations and fuse the views' boxes
+            (:func:`~geolearn.models.tta.augmented_runner`); 8 times the work. Default False.
 
     Returns:
         ``run_batch(crops: Tensor[B, C, S, S]) -> list[Detections]``; it raises ValueError when
@@ -793,6 +797,8 @@ def network_runner(
     # (Taken at the first batch, once the caller has set the model's memory format.)
     cast_weights: dict[str, Tensor] | None = None
     cast_once = autocast_dtype is torch.bfloat16 and device.type == "cpu"
+    # A fused score is a mean over the views, so each view keeps its weaker boxes too.
+    view_thresh = min(score_thresh, TTA_VIEW_THRESH) if test_time_augmentation else score_thresh
 
     def run_batch(crops: Tensor) -> list[Detections]:
         nonlocal cast_weights
@@ -810,9 +816,11 @@ def network_runner(
                 f"{len(anchors)}: pass make_anchors({chip_size}, scales, ratios) with the model's scales and ratios."
             )
         return detect(
-            output, anchors, chip_size, score_thresh=score_thresh, nms_overlap=nms_overlap, class_agnostic=class_agnostic
+            output, anchors, chip_size, score_thresh=view_thresh, nms_overlap=nms_overlap, class_agnostic=class_agnostic
         )
 
+    if test_time_augmentation:
+        return augmented_runner(run_batch, score_thresh)
     return run_batch
 
 
@@ -894,6 +902,7 @@ def predict_tiles(
     merge: MergeMethod = "nms",
     max_detections: int | None = None,
     edge_tolerance: float | None = 2.0,
+    test_time_augmentation: bool = False,
 ) -> ImageDetections:
     """Detects objects in an image of any size with a RetinaNet network, window by window.
 
@@ -928,6 +937,7 @@ def predict_tiles(
         merge: ``'nms'`` (the default) or ``'greedy'`` (see :func:`merge_detections`).
         max_detections: most detections returned for the image; all when None (the default).
         edge_tolerance: pixels, see :func:`seam_filter`; None keeps boxes cut by seams. Default 2.
+        test_time_augmentation: see :func:`network_runner`. Default False.
 
     Returns:
         :class:`ImageDetections` — boxes float32 xyxy in image pixels, labels 1..C, scores — best first.
@@ -952,7 +962,7 @@ def predict_tiles(
         )
     run_batch = network_runner(
         model, anchors, chip_size, score_thresh=score_thresh, nms_overlap=nms_overlap,
-        class_agnostic=class_agnostic, autocast_dtype=autocast_dtype,
+        class_agnostic=class_agnostic, autocast_dtype=autocast_dtype, test_time_augmentation=test_time_augmentation,
     )
     was_training = model.training
     model.eval()
