@@ -41,7 +41,8 @@ compared with full runs.
 (RetinaNetLoss), ``fit`` or ``detect`` (detect_objects); VALUE is a Python literal. ``--from-model LABEL``
 trains nothing: it scores the model that the run logged as LABEL saved once more, with the
 ``detect`` settings given, so that detection-time levers (NMS, test-time augmentation) are
-measured on the weights of their baseline row. Each log
+measured on the weights of their baseline row. ``--set detect.match_statistics=True`` gives each
+site's raster the band means and standard deviations of the training part first. Each log
 record holds the label, the settings changed, the budget and the epochs trained, the training
 seconds, the CPU model, the git commit and the command, and per site the scores above.
 """
@@ -169,6 +170,35 @@ def soap_site(neon: Path) -> tuple[Path, torch.Tensor]:
     xs, ys = rasterio.transform.xy(transform, boxes[:, [1, 3]].flatten(), boxes[:, [0, 2]].flatten(), offset="ul")
     xs, ys = torch.tensor(xs).reshape(-1, 2), torch.tensor(ys).reshape(-1, 2)
     return out, torch.stack([xs[:, 0], ys[:, 1], xs[:, 1], ys[:, 0]], dim=1)
+
+
+def band_moments(raster: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation of a raster's pixels, ``([B], [B])``."""
+    with rasterio.open(raster) as src:
+        pixels = src.read().reshape(src.count, -1).astype(np.float64)
+    return pixels.mean(1), pixels.std(1)
+
+
+def matched(raster: Path, reference: Path) -> Path:
+    """A copy of ``raster`` whose bands have ``reference``'s mean and standard deviation: the
+    lever "match a new raster's statistics to the training ones at detect time" done before
+    detection, so that it can be measured before it becomes an option of ``detect_objects``."""
+    out = WORK / "matched" / f"{raster.stem}_to_{reference.parent.name}_{reference.stem}.tif"
+    if out.exists():
+        return out
+    (mean, std), (ref_mean, ref_std) = band_moments(raster), band_moments(reference)
+    with rasterio.open(raster) as src:
+        profile, pixels = src.profile, src.read().astype(np.float64)
+    shifted = (pixels - mean[:, None, None]) * (ref_std / std)[:, None, None] + ref_mean[:, None, None]
+    info = np.iinfo(profile["dtype"]) if np.issubdtype(profile["dtype"], np.integer) else None
+    if info is not None:
+        shifted = np.clip(np.rint(shifted), info.min, info.max)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.tif")
+    with rasterio.open(partial, "w", **profile) as dst:
+        dst.write(shifted.astype(profile["dtype"]))
+    partial.rename(out)
+    return out
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -498,6 +528,10 @@ def main() -> None:
     sites = dict(zip(SITES, [(paths["test"], truth_boxes(paths["test_crowns"])),
                              (args.neon / f"{OSBS}.tif", truth_boxes(args.neon / f"{OSBS}_crowns.gpkg")),
                              (soap_raster, soap_truth)]))
+    # detect.match_statistics=True: each site's raster with the training part's band mean and std.
+    detect_settings = dict(settings["detect"])
+    if detect_settings.pop("match_statistics", False):
+        sites = {site: (matched(raster, paths["train"]), truth) for site, (raster, truth) in sites.items()}
     common = {"label": label, "budget": budget, "machine": machine(), "commit": git_commit(),
               "command": shlex.join(["python", "benchmarks/real_accuracy.py", *sys.argv[1:]]),
               "time": time.strftime("%Y-%m-%d %H:%M")}
@@ -516,13 +550,14 @@ def main() -> None:
         epochs = len(model.learn.recorder.values)
     if args.only != "bare":
         for nms in [None, *nms_values]:
-            detect = settings["detect"] if nms is None else settings["detect"] | {"nms_overlap": nms}
+            detect = detect_settings if nms is None else detect_settings | {"nms_overlap": nms}
             method = "geolearn" if nms is None else f"geolearn nms {nms}"
             scored = {site: score(detect_geolearn(model, raster, detect), truth, model.threshold)
                       for site, (raster, truth) in sites.items()}
             rows += [{"method": method, "site": site, "train_s": trained, **r} for site, r in scored.items()]
             records.append(common | {
-                "method": "geolearn", "changed": changed | ({"detect": detect} if nms is not None else {}),
+                "method": "geolearn",
+                "changed": changed | ({"detect": settings["detect"] | {"nms_overlap": nms}} if nms is not None else {}),
                 "epochs": epochs, "train_s": round(trained, 1), "lr": getattr(model, "_lr", None),
                 "sites": {site: site_metrics(r) for site, r in scored.items()}})
         if args.label and not args.from_model:
