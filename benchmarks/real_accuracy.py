@@ -42,7 +42,8 @@ compared with full runs.
 trains nothing: it scores the model that the run logged as LABEL saved once more, with the
 ``detect`` settings given, so that detection-time levers (NMS, test-time augmentation) are
 measured on the weights of their baseline row. ``--set detect.match_statistics=True`` gives each
-site's raster the band means and standard deviations of the training part first. Each log
+site's raster the band means and standard deviations of the training part first;
+``--set aug.standardize=True`` standardises every chip and window by its own band statistics. Each log
 record holds the label, the settings changed, the budget and the epochs trained, the training
 seconds, the CPU model, the git commit and the command, and per site the scores above.
 """
@@ -67,6 +68,7 @@ import numpy as np
 import rasterio
 import shapely
 import torch
+from fastai.vision.all import TensorImage, Transform
 from rasterio.windows import Window
 from torch import nn
 
@@ -233,8 +235,13 @@ def train_geolearn(chips: Path, budget: dict, settings: dict[str, dict]) -> tupl
     ``{"epochs": N}``, or ``{"minutes": M}``: ``fit(100, time_budget=...)``, lr_find timed with it)."""
     start = time.perf_counter()
     prepare = {"chip_size": CHIP, "batch_size": 8} | settings["prepare"]
-    if settings["aug"]:  # an ablation of the augmentations' strength
-        prepare["transforms"] = default_batch_transforms(**settings["aug"])
+    aug = dict(settings["aug"])
+    standardize = aug.pop("standardize", False)
+    if aug:  # an ablation of the augmentations' strength
+        prepare["transforms"] = default_batch_transforms(**aug)
+    if standardize:  # every chip standardised by its own band statistics, in training and validation
+        prepare["transforms"] = (prepare.get("transforms", default_batch_transforms()) + [StandardizeChip()],
+                                 [StandardizeChip()])
     data = prepare_data(chips, **prepare)
     model = RetinaNet(data, **({"backbone": "resnet18"} | settings["model"]))
     if settings["loss"]:  # an ablation of the loss's settings
@@ -245,8 +252,31 @@ def train_geolearn(chips: Path, budget: dict, settings: dict[str, dict]) -> tupl
         fit = {"epochs": 100, "time_budget": budget["minutes"] * 60 - (time.perf_counter() - start)}
     model.fit(**(fit | settings["fit"]))
     trained = time.perf_counter() - start
+    if standardize:  # and every window at detection time
+        network_input = model._network_input
+        model._network_input = lambda pixels: StandardizeChip.standardize(network_input(pixels))
     print(f"geolearn: lr {model._lr:.3g}, {len(model.learn.recorder.values)} epochs in {trained:.0f} s")
     return model, trained
+
+
+class StandardizeChip(Transform):
+    """Per-chip standardisation, the normalisation lever: after ``Normalize`` (order 99), each
+    chip's bands are shifted and scaled to mean 0 and standard deviation 1 over the chip, so
+    that a brighter or flatter raster looks like the training one. Measured here before it
+    becomes a normalisation of the package (a saved model does not know about it: runs with it
+    are not rescored with ``--from-model``)."""
+
+    order = 100
+
+    @staticmethod
+    def standardize(images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` → each image's bands at mean 0, std 1."""
+        flat = images.flatten(2)
+        mean, std = flat.mean(-1)[..., None, None], flat.std(-1)[..., None, None]
+        return (images - mean) / (std + 1e-6)
+
+    def encodes(self, images: TensorImage) -> TensorImage:
+        return TensorImage(self.standardize(images.as_subclass(torch.Tensor)))
 
 
 def detect_geolearn(model: RetinaNet, raster: Path, settings: dict) -> gpd.GeoDataFrame:
@@ -264,6 +294,9 @@ def saved_geolearn(label: str, settings: dict[str, dict]) -> tuple[RetinaNet, fl
         raise SystemExit(f"--from-model {label}: no logged geolearn run of that label with its model at {emd}; "
                          "run with --label first.")
     record = trained[-1]
+    if record["changed"].get("aug", {}).get("standardize"):
+        raise SystemExit(f"--from-model {label}: its chips were standardised one by one, which the saved model "
+                         "does not know; rescore it in a run that trains it.")
     model = RetinaNet.from_model(emd)
     changed = record["changed"] | ({"detect": settings["detect"]} if settings["detect"] else {})
     return model, record["train_s"], record["epochs"], changed
