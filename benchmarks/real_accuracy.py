@@ -482,22 +482,24 @@ def mean_ap40(record: dict) -> float:
 
 
 def screen_agreement(records: list[dict]) -> str:
-    """Whether the screen ranks recipes as full runs do: geolearn settings logged both with
-    ``SCREEN_EPOCHS`` and ``FULL_EPOCHS`` (the latest record of each), ranked by mean AP@0.4."""
+    """Whether the screen ranks recipes as full runs do: geolearn runs of one label and settings
+    logged both with ``SCREEN_EPOCHS`` and ``FULL_EPOCHS`` (the latest record of each), ranked by
+    mean AP@0.4. The label keeps apart runs of the same settings on different defaults."""
     runs: dict[str, dict[str, dict]] = {}
     for r in records:
         kind = {SCREEN_EPOCHS: "screen", FULL_EPOCHS: "full"}.get(r["budget"].get("epochs"))
         if r["method"] == "geolearn" and kind:
-            runs.setdefault(json.dumps(r["changed"], sort_keys=True), {})[kind] = r
+            runs.setdefault(json.dumps([r["label"], r["changed"]], sort_keys=True), {})[kind] = r
     both = {key: kinds for key, kinds in runs.items() if len(kinds) == 2}
     if len(both) < 2:
         return ""
     rank = {kind: sorted(both, key=lambda key: -mean_ap40(both[key][kind])) for kind in ("screen", "full")}
-    lines = [f"| changed | screen ({SCREEN_EPOCHS} epochs) mean AP@0.4, rank | full ({FULL_EPOCHS} epochs) mean AP@0.4, rank |",
+    lines = [f"| run: changed | screen ({SCREEN_EPOCHS} epochs) mean AP@0.4, rank | full ({FULL_EPOCHS} epochs) mean AP@0.4, rank |",
              "| --- | --- | --- |"]
     for key in rank["full"]:
         cells = [f"{mean_ap40(both[key][kind]):.3f}, {rank[kind].index(key) + 1}" for kind in ("screen", "full")]
-        lines.append(f"| {describe(json.loads(key))} | {cells[0]} | {cells[1]} |")
+        label, changed = json.loads(key)
+        lines.append(f"| {label}: {describe(changed)} | {cells[0]} | {cells[1]} |")
     verdict = "agree" if rank["screen"] == rank["full"] else "disagree"
     return "\n".join(lines) + f"\n\nThe rankings of these {len(both)} settings {verdict}."
 

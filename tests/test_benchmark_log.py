@@ -58,12 +58,15 @@ def test_screen_agreement_ranks_by_mean_ap(bench):
                record(bench, f, {"aug": {"zoom": 0}}, (0.6, 0.3, 0.3)),
                record(bench, f, {}, (0.9, 0.9, 0.9), method="bare torchvision")]  # not a geolearn setting
     text = bench.screen_agreement(records)
-    assert "| defaults | 0.200, 2 | 0.500, 1 |" in text
-    assert "| aug.zoom=0 | 0.300, 1 | 0.400, 2 |" in text
+    assert "| x: defaults | 0.200, 2 | 0.500, 1 |" in text
+    assert "| x: aug.zoom=0 | 0.300, 1 | 0.400, 2 |" in text
     assert text.endswith("The rankings of these 2 settings disagree.")
     # A later screen of the defaults replaces the earlier one: now both rank the defaults first.
     assert bench.screen_agreement(records + [record(bench, s, {}, (0.4, 0.4, 0.4))]).endswith("agree.")
     assert bench.screen_agreement(records[:2]) == ""  # one setting: nothing to rank
+    # A full run of the same settings under another label (other defaults) pairs with no screen.
+    relabelled = records[:1] + [record(bench, f, {}, (0.1, 0.1, 0.1)) | {"label": "y"}] + records[2:4]
+    assert bench.screen_agreement(relabelled) == ""
 
 
 @pytest.mark.skipif(not (NEON / "soap_voc").exists(), reason="needs ../shared/data/neon/")
