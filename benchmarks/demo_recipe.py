@@ -1,6 +1,7 @@
 """The demo's training recipe, from random initialisation, with its accuracy broken down by object size.
 
     python benchmarks/demo_recipe.py [--chips DIR] [--epochs 10] [--lr 2.6e-3] [--scales 0.707,0.42,0.33]
+                                     [--lighting 0.2] [--label NAME]
 
 Trains ResNet-18 RetinaNet on the sample scene's chips as ``geolearn demo`` does
 (``prepare_data(chips, chip_size=256, batch_size=8)``, ``RetinaNet(data, scales='auto')``,
@@ -9,6 +10,8 @@ AP@0.5 and AP@0.1 per class on the validation chips, and the recall at IoU 0.5 o
 detections scoring >= 0.3, per class and ground-truth size (square root of the box area,
 in pixels). Options change one part of the recipe at a time, to find what limits the
 smallest objects. Torch is seeded, so a setting repeats its figures on the same machine.
+With ``--label`` the run's record (label, settings, figures, CPU, git commit, command) is
+appended to the committed ``benchmarks/results/demo_recipe.jsonl``.
 
 ``--chips`` is a folder exported by ``geolearn demo --epochs 0 --out DIR`` (``DIR/chips``);
 without it the sample scene is exported to ``benchmarks/_work/demo/`` first.
@@ -17,6 +20,7 @@ without it the sample scene is exported to ``benchmarks/_work/demo/`` first.
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 import time
@@ -27,14 +31,19 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "benchmarks"))  # runlog, beside this script
+
+import runlog  # noqa: E402
 
 from geolearn import prepare_data  # noqa: E402
 from geolearn.cli import AP_DETECT_THRESH, CHIP_PX, DENSE_NMS_OVERLAP  # noqa: E402
+from geolearn.data.transforms import default_batch_transforms  # noqa: E402
 from geolearn.learn.evaluation import DetectionSettings, evaluate  # noqa: E402
 from geolearn.learn.retinanet import RetinaNet  # noqa: E402
 from geolearn.metrics import average_precision  # noqa: E402
 
 WORK = REPO / "benchmarks" / "_work" / "demo"
+RESULTS = REPO / "benchmarks" / "results" / "demo_recipe.jsonl"  # committed: the records of labelled runs
 SIZE_EDGES = (8, 12, 20)  # px: recall is reported for sizes below 8, 8–12, 12–20 and from 20
 
 
@@ -85,15 +94,20 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=0, help="fastai GradientClip max norm (0: none)")
     parser.add_argument("--resize-to", type=int, default=None,
                         help="train and evaluate on chips enlarged to this side (prepare_data's resize_to)")
+    parser.add_argument("--lighting", type=float, default=None,
+                        help="brightness and contrast strength of the augmentations (0: none); default the "
+                             "defaults' (geolearn.data.transforms.default_batch_transforms)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="run")
+    parser.add_argument("--label", help="append the run's record to benchmarks/results/demo_recipe.jsonl")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
     torch.manual_seed(args.seed)
     side = args.resize_to or CHIP_PX
+    transforms = None if args.lighting is None else default_batch_transforms(lighting=args.lighting)
     data = prepare_data(args.chips or demo_chips(), chip_size=side, resize_to=args.resize_to,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, transforms=transforms)
     scales, ratios = "auto", None
     if args.scales:
         scales = [float(value) for value in args.scales.split(",")]
@@ -116,6 +130,17 @@ def main() -> None:
     print(f"RESULT {args.tag} scales {[round(s, 3) for s in model.scales]} ratios {model.ratios} "
           f"lr {lr:.2e} epochs {args.epochs} fit {seconds:.0f}s AP@0.5 {per_class[0.5]} AP@0.1 {per_class[0.1]} "
           f"resize_to {args.resize_to} recall {recall_by_size(preds, targets, names, side / CHIP_PX)}", flush=True)
+    if args.label:
+        changed = {name: value for name, value in vars(args).items()
+                   if name not in ("chips", "tag", "label") and value != parser.get_default(name)}
+        runlog.append(RESULTS, {
+            "label": args.label, "changed": changed, "epochs": args.epochs, "fit_s": round(seconds, 1),
+            "lr": lr, "ap50": per_class[0.5], "ap10": per_class[0.1],
+            "recall_by_size": recall_by_size(preds, targets, names, side / CHIP_PX),
+            "machine": runlog.machine(), "commit": runlog.git_commit("benchmarks/demo_recipe.py"),
+            "command": shlex.join(["python", "benchmarks/demo_recipe.py", *sys.argv[1:]]),
+            "time": time.strftime("%Y-%m-%d %H:%M")})
+        print(f"record appended to {RESULTS.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

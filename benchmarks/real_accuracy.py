@@ -54,10 +54,8 @@ import argparse
 import ast
 import json
 import math
-import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -74,6 +72,9 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "benchmarks"))  # runlog, beside this script
+
+import runlog  # noqa: E402
 
 from geolearn import export_training_data, prepare_data  # noqa: E402
 from geolearn.data.dataset import ChipDataset  # noqa: E402
@@ -414,35 +415,6 @@ def parse_settings(pairs: list[str]) -> dict[str, dict]:
     return settings
 
 
-def machine() -> dict[str, str | int | list[str]]:
-    """The CPU model, its bfloat16 features (AMX runs bf16 about 6x faster than AVX512-BF16) and
-    the threads torch uses: what a training time in the log depends on."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
-    return {"cpu": model, "bf16": sorted(flags & {"amx_bf16", "avx512_bf16"}), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
-
-
-def git_commit() -> str:
-    """HEAD's short hash, ``+dirty`` when the code behind the figures (the package, this script,
-    setup.cfg) differs from it; docs and the log itself do not count."""
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
-
-    head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
-    dirty = git("diff", "--quiet", "HEAD", "--", "geolearn", "benchmarks/real_accuracy.py", "setup.cfg").returncode != 0
-    return head + ("+dirty" if dirty else "")
-
-
-def log_record(record: dict) -> None:
-    """Appends one run's record to the committed log, one JSON object per line."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as out:
-        out.write(json.dumps(record) + "\n")
-
-
 def site_metrics(row: dict) -> dict[str, float]:
     """The figures of one site that the log keeps, rounded to what one run can tell apart."""
     keep = ("ap40", "ap50", "recall", "f1", "precision_at_f1", "recall_at_f1", "thresh_at_f1",
@@ -451,7 +423,7 @@ def site_metrics(row: dict) -> dict[str, float]:
 
 
 def read_log(path: Path = RESULTS) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return runlog.read(path)
 
 
 SITES = ("YELL held back", "OSBS", "SOAP")
@@ -567,7 +539,7 @@ def main() -> None:
     detect_settings = dict(settings["detect"])
     if detect_settings.pop("match_statistics", False):
         sites = {site: (matched(raster, paths["train"]), truth) for site, (raster, truth) in sites.items()}
-    common = {"label": label, "budget": budget, "machine": machine(), "commit": git_commit(),
+    common = {"label": label, "budget": budget, "machine": runlog.machine(), "commit": runlog.git_commit("benchmarks/real_accuracy.py"),
               "command": shlex.join(["python", "benchmarks/real_accuracy.py", *sys.argv[1:]]),
               "time": time.strftime("%Y-%m-%d %H:%M")}
     rows, records = [], []
@@ -628,7 +600,7 @@ def main() -> None:
             print(f"{site}: geolearn / bare AP@0.4 = {ratio:.2f}")
     if not args.no_log:
         for record in records:
-            log_record(record)
+            runlog.append(RESULTS, record)
         print(f"{len(records)} record(s) appended to {RESULTS.relative_to(REPO)}")
 
 
