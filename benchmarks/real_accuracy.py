@@ -101,6 +101,7 @@ SCREEN_EPOCHS = 8  # a screen: under ~6 minutes on 2 AMD EPYC cores, lr_find and
 SCORE_THRESH = 0.05  # the lowest score kept for scoring: AP needs the whole ranking
 # geolearn's NMS in and across windows (detect_objects' default), given to the bare loop too.
 NMS_OVERLAP = 0.1
+DATA_SEED = 42  # prepare_data's default seed: the split, the crops, the shuffle order
 CHIP = 256
 
 
@@ -532,6 +533,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["geolearn", "bare"], help="run one method")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="GROUP.NAME=VALUE")
     parser.add_argument("--label", default="", help="name of this run in the log")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="0: the usual draw; N: torch seeded with N and prepare_data's seed 42 + N, to "
+                             "measure how much one recipe's figures vary from run to run")
     parser.add_argument("--nms", default="", help="also score these comma-separated nms_overlap values")
     parser.add_argument("--from-model", metavar="LABEL",
                         help="train nothing: score the model that the logged run LABEL saved again, with the "
@@ -549,13 +553,15 @@ def main() -> None:
         return
     warnings.simplefilter("ignore")
     settings = parse_settings(args.settings)
+    if args.seed:  # another draw of the same recipe: the weights, the split, the crops, the order
+        settings["prepare"].setdefault("seed", DATA_SEED + args.seed)
     changed = {group: values for group, values in settings.items() if values}
     if args.minutes is not None:
         budget = {"minutes": args.minutes}
     else:
         budget = {"epochs": SCREEN_EPOCHS if args.screen else args.epochs or FULL_EPOCHS}
     label = args.label or ("screen" if args.screen else "run")
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
 
     paths = split_scene(args.neon, args.split, args.gap)
     chips = export_chips(paths)
