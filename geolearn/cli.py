@@ -92,11 +92,18 @@ def _demo(args: argparse.Namespace) -> int:
     from geolearn import RetinaNet, export_training_data, prepare_data
     from geolearn.viz import plot_scene_detections
 
+    start = time.perf_counter()
+
+    def step(text: str) -> None:
+        """A step's line, after the minutes and seconds since the demo started: where the time goes."""
+        minutes, seconds = divmod(int(time.perf_counter() - start), 60)
+        print(f"[{minutes:2d}:{seconds:02d}] {text}", flush=True)
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     raster, labels = _find_sample_scene(Path(args.sample_data) if args.sample_data else None, out)
     mask, held_back = _held_back(raster)
-    print(f"1/7 exporting training chips from {raster} with labels {labels.name} "
+    step(f"1/7 exporting training chips from {raster} with labels {labels.name} "
           f"(a {HELD_BACK_PX} px corner is held back) ...")
     chips = export_training_data(
         str(raster),
@@ -110,28 +117,28 @@ def _demo(args: argparse.Namespace) -> int:
         min_polygon_overlap_ratio=MIN_OVERLAP,
         overwrite=True,  # the demo's own output folder
     )
-    print(f"2/7 prepare_data({chips}, chip_size={TRAIN_PX}, resize_to={TRAIN_PX}) ...")
+    step(f"2/7 prepare_data({chips}, chip_size={TRAIN_PX}, resize_to={TRAIN_PX}) ...")
     data = prepare_data(chips, chip_size=TRAIN_PX, resize_to=TRAIN_PX, batch_size=8)
     print(f"    classes {data.classes}, {len(data.train_ds)} training and {len(data.valid_ds)} validation chips")
     _save(data.show_batch(rows=3), out / "show_batch.png")
     if args.epochs == 0:
         return 0
 
-    print("3/7 RetinaNet(data, backbone='resnet18', scales='auto') and lr_find() ...")
+    step("3/7 RetinaNet(data, backbone='resnet18', scales='auto') and lr_find() ...")
     model = RetinaNet(data, backbone="resnet18", scales="auto")
     lr = model.lr_find(allow_plot=False, num_it=args.lr_find_batches)
     _save(model.lr_find_figure, out / "lr_find.png")
     print(f"    anchors: scales {[round(s, 3) for s in model.scales]}, ratios {model.ratios}; lr_find chose {lr:.2e}")
-    print(f"4/7 fit({args.epochs}) ...")
+    step(f"4/7 fit({args.epochs}) ...")
     model.fit(args.epochs, lr=lr)
     _save(model.plot_losses(), out / "losses.png")
-    print("5/7 average precision on the validation chips")
+    step("5/7 average precision on the validation chips")
     for iou in (0.1, 0.5):
         scores = model.average_precision_score(detect_thresh=AP_DETECT_THRESH, iou_thresh=iou,
                                                nms_overlap=DENSE_NMS_OVERLAP, show_progress=False)
         print(f"    AP@{iou}: " + ", ".join(f"{name} {value:.3f}" for name, value in scores.items()))
     folder = model.save(out / "model" / "sample_model")
-    print(f"6/7 saved {folder}; RetinaNet.from_model(...).predict() on the held-back {HELD_BACK_PX} px window")
+    step(f"6/7 saved {folder}; RetinaNet.from_model(...).predict() on the held-back {HELD_BACK_PX} px window")
     loaded = RetinaNet.from_model(folder / "sample_model.dlpk")
     with rasterio.open(raster) as src:
         pixels = src.read(window=held_back).transpose(1, 2, 0)
@@ -139,7 +146,7 @@ def _demo(args: argparse.Namespace) -> int:
     found = ", ".join(f"{names.count(c)} {c}" for c in loaded._facts.classes[1:])
     print(f"    found {found}")
     _save(loaded.predict_figure, out / "predict_held_back.png")
-    print(f"7/7 model.detect_objects() over the whole scene ({raster.name}) ...")
+    step(f"7/7 model.detect_objects() over the whole scene ({raster.name}) ...")
     detections = loaded.detect_objects(raster, out / "detections.gpkg", threshold=SCENE_THRESHOLD,
                                        nms_overlap=DENSE_NMS_OVERLAP, batch_size=8,
                                        overwrite=True)  # the demo's own output folder
@@ -147,6 +154,7 @@ def _demo(args: argparse.Namespace) -> int:
     print("    found " + ", ".join(f"{counts.get(c, 0)} {c}" for c in loaded._facts.classes[1:])
           + f" in {detections.crs}; wrote {out / 'detections.gpkg'}")
     _save(plot_scene_detections(raster, detections), out / "detections.png")
+    step("done")
     return 0
 
 

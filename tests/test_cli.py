@@ -33,6 +33,9 @@ def test_demo_exports_prepares_and_draws(tmp_path, capsys):
     assert detections.crs == "EPSG:32633" and {"Class", "Confidence"} <= set(detections.columns)
     assert (out / "detections.png").stat().st_size > 10_000
     assert "7/7 model.detect_objects() over the whole scene" in printed
+    # each step says when it started, so that a user sees where the minutes go
+    assert re.search(r"^\[ *\d+:\d\d\] 4/7 fit\(1\) \.\.\.$", printed, re.MULTILINE)
+    assert re.search(r"^\[ *\d+:\d\d\] done$", printed, re.MULTILINE)
 
 
 def test_demo_needs_a_scene_large_enough_to_hold_back_a_part(tmp_path):
