@@ -88,6 +88,7 @@ def _held_back(raster: Path) -> tuple[object, object]:
 
 def _demo(args: argparse.Namespace) -> int:
     import rasterio
+    import torch
 
     from geolearn import RetinaNet, export_training_data, prepare_data
     from geolearn.viz import plot_scene_detections
@@ -125,6 +126,9 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
 
     step("3/7 RetinaNet(data, backbone='resnet18', scales='auto') and lr_find() ...")
+    # From random weights a 7-epoch model's AP varies with its random start: seeded, a user's
+    # figures repeat on the same machine (benchmarks/results/demo_recipe.jsonl has several seeds).
+    torch.manual_seed(args.seed)
     model = RetinaNet(data, backbone="resnet18", scales="auto")
     lr = model.lr_find(allow_plot=False, num_it=args.lr_find_batches)
     _save(model.lr_find_figure, out / "lr_find.png")
@@ -531,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
                       help=f"training epochs (default {DEMO_EPOCHS}; 0 stops after show_batch)")
     demo.add_argument("--lr-find-batches", type=int, default=50, help="batches the learning-rate finder tries")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seeds the network's random start (default 0): the same seed gives the same figures "
+                           "on the same machine; another seed shows how much they vary")
     demo.set_defaults(run=_demo)
     _add_export(commands)
     _add_train(commands)
