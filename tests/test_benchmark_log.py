@@ -81,3 +81,34 @@ def test_soap_boxes_reach_map_units(bench, tmp_path, monkeypatch):
     with rasterio.open(raster) as src:
         assert (src.width, src.height, src.count, src.crs.to_epsg()) == (400, 400, 3, 32611)
         assert src.res == (0.1, 0.1)
+
+
+def test_matched_raster_takes_the_reference_band_moments(bench, tmp_path, monkeypatch):
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    monkeypatch.setattr(bench, "WORK", tmp_path)
+    rng = np.random.default_rng(0)
+
+    def write(name, pixels):
+        path = tmp_path / name / "r.tif"
+        path.parent.mkdir()
+        with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=2, dtype="uint8",
+                           crs="EPSG:32633", transform=from_origin(0, 64, 1, 1)) as dst:
+            dst.write(pixels)
+        return path
+
+    source = write("site", rng.normal([[[60.0]], [[150.0]]], [[[10.0]], [[20.0]]], (2, 64, 64)).clip(0, 255).astype("uint8"))
+    reference = write("train", rng.normal([[[120.0]], [[100.0]]], [[[30.0]], [[5.0]]], (2, 64, 64)).clip(0, 255).astype("uint8"))
+    mean, std = bench.band_moments(bench.matched(source, reference))
+    ref_mean, ref_std = bench.band_moments(reference)
+    # The moments move to the reference's (within the rounding to whole 8-bit values).
+    assert mean == pytest.approx(ref_mean, abs=0.6) and std == pytest.approx(ref_std, abs=0.6)
+
+
+def test_standardize_chip_gives_each_chip_band_mean_0_std_1(bench):
+    images = torch.rand(2, 3, 8, 8) * torch.tensor([1.0, 5.0, 0.1])[:, None, None] + 3.0
+    out = bench.StandardizeChip.standardize(images)
+    assert torch.allclose(out.mean((-2, -1)), torch.zeros(2, 3), atol=1e-5)
+    assert torch.allclose(out.std((-2, -1)), torch.ones(2, 3), atol=1e-4)
