@@ -103,6 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
+    commit = runlog.git_commit("benchmarks/demo_recipe.py")  # the code this run starts with
     torch.manual_seed(args.seed)
     side = args.resize_to or CHIP_PX
     transforms = None if args.lighting is None else default_batch_transforms(lighting=args.lighting)
@@ -137,7 +138,7 @@ def main() -> None:
             "label": args.label, "changed": changed, "epochs": args.epochs, "fit_s": round(seconds, 1),
             "lr": lr, "ap50": per_class[0.5], "ap10": per_class[0.1],
             "recall_by_size": recall_by_size(preds, targets, names, side / CHIP_PX),
-            "machine": runlog.machine(), "commit": runlog.git_commit("benchmarks/demo_recipe.py"),
+            "machine": runlog.machine(), "commit": commit,
             "command": shlex.join(["python", "benchmarks/demo_recipe.py", *sys.argv[1:]]),
             "time": time.strftime("%Y-%m-%d %H:%M")})
         print(f"record appended to {RESULTS.relative_to(REPO)}")
