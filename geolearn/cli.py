@@ -33,8 +33,8 @@ CHIP_PX = 256
 # The network sees the chips enlarged 1.5× (prepare_data's resize_to). The sample's smallest
 # crowns are 10 px; with P3 anchors 8 px apart such a box gets at most one anchor of IoU >= 0.5,
 # and from random weights the model barely finds them (tree AP@0.5 0.66 after 10 epochs at 256 px).
-# At 384 px they are 15 px: 7 epochs (about 1.2 times the training time of those 10) reach 0.83-0.84
-# (benchmarks/demo_recipe.py). predict and detect_objects enlarge the imagery alike (model zoom).
+# At 384 px they are 15 px: 7 epochs (about 1.2 times the training time of those 10) reach 0.79-0.84
+# (benchmarks/demo_recipe.py, docs/performance.md). predict and detect_objects enlarge the imagery alike (model zoom).
 TRAIN_PX = 384
 HELD_BACK_PX = 512
 # Objects cut by a chip edge are labelled in that chip when at least a quarter of them is inside,
