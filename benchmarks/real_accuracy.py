@@ -20,7 +20,7 @@ chips and the same budget (epochs, or wall-clock minutes with ``--minutes``):
   horizontal and vertical flips, batch 8, geolearn's training chips; run over each site with the
   same windows, NMS (0.1 in each window and across them) and merge as geolearn, and its output
   threshold calibrated on geolearn's validation chips by geolearn's rule (the tiling, the NMS and
-  the threshold rule are not what is compared). Records of the bare loop before the label ``fair-bare`` trained
+  the threshold rule are not what is compared). Its records made before commit 60a449a trained
   it on every chip and kept torchvision's NMS 0.5 and a fixed threshold of 0.5.
 
 Sites, scored in map coordinates: **YELL held back** (the crowns of the held-back part with at
@@ -181,8 +181,13 @@ def soap_site(neon: Path) -> tuple[Path, torch.Tensor]:
 def band_moments(raster: Path) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and standard deviation of a raster's pixels, ``([B], [B])``."""
     with rasterio.open(raster) as src:
-        pixels = src.read().reshape(src.count, -1).astype(np.float64)
-    return pixels.mean(1), pixels.std(1)
+        return pixel_moments(src.read())
+
+
+def pixel_moments(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation of ``[B, H, W]`` pixels, ``([B], [B])``."""
+    flat = pixels.reshape(len(pixels), -1).astype(np.float64)
+    return flat.mean(1), flat.std(1)
 
 
 def matched(raster: Path, reference: Path) -> Path:
@@ -192,9 +197,9 @@ def matched(raster: Path, reference: Path) -> Path:
     out = WORK / "matched" / f"{raster.stem}_to_{reference.parent.name}_{reference.stem}.tif"
     if out.exists():
         return out
-    (mean, std), (ref_mean, ref_std) = band_moments(raster), band_moments(reference)
     with rasterio.open(raster) as src:
         profile, pixels = src.profile, src.read().astype(np.float64)
+    (mean, std), (ref_mean, ref_std) = pixel_moments(pixels), band_moments(reference)
     shifted = (pixels - mean[:, None, None]) * (ref_std / std)[:, None, None] + ref_mean[:, None, None]
     info = np.iinfo(profile["dtype"]) if np.issubdtype(profile["dtype"], np.integer) else None
     if info is not None:
@@ -376,10 +381,10 @@ def train_bare(chips: Path, budget: dict, seed: int = 0) -> tuple[nn.Module, flo
 
 def calibrate_bare(model: nn.Module, valid: ChipDataset) -> float:
     """The bare model's output threshold by geolearn's rule (``RetinaNet._calibrate_threshold``):
-    detections down to ``CALIBRATION_FLOOR`` with NMS 0.1 on the validation chips, matched at
+    detections down to ``CALIBRATION_FLOOR`` with NMS ``NMS_OVERLAP`` on the validation chips, matched at
     ``CALIBRATION_IOU``, cut at the best F1; 0.5 when it finds nothing."""
     model.eval()
-    model.score_thresh, model.nms_thresh = CALIBRATION_FLOOR, 0.1
+    model.score_thresh, model.nms_thresh = CALIBRATION_FLOOR, NMS_OVERLAP
     predictions, targets = [], []
     with torch.inference_mode():
         for image, unit_boxes, labels in (valid[i] for i in range(len(valid))):
