@@ -46,7 +46,9 @@ trains nothing: it scores the model that the run logged as LABEL saved once more
 ``detect`` settings given, so that detection-time levers (NMS, test-time augmentation) are
 measured on the weights of their baseline row. ``--set detect.match_statistics=True`` gives each
 site's raster the band means and standard deviations of the training part first;
-``--set aug.standardize=True`` standardises every chip and window by its own band statistics. Each log
+``--set aug.standardize=True`` standardises every chip and window by its own band statistics;
+``--set detect.adapt_batchnorm=True`` re-estimates the network's BatchNorm statistics on each
+site's raster before detecting there (AdaBN). Each log
 record holds the label, the settings changed, the budget and the epochs trained, the training
 seconds, the CPU model, the git commit and the command, and per site the scores above.
 """
@@ -289,7 +291,43 @@ class StandardizeChip(Transform):
 
 
 def detect_geolearn(model: RetinaNet, raster: Path, settings: dict) -> gpd.GeoDataFrame:
-    return model.detect_objects(raster, **({"threshold": SCORE_THRESH, "progress": False} | settings))
+    settings = dict(settings)
+    if not settings.pop("adapt_batchnorm", False):
+        return model.detect_objects(raster, **({"threshold": SCORE_THRESH, "progress": False} | settings))
+    trained = {name: value.clone() for name, value in model.model.state_dict().items()}
+    try:
+        adapt_batchnorm(model, raster)
+        return model.detect_objects(raster, **({"threshold": SCORE_THRESH, "progress": False} | settings))
+    finally:
+        model.model.load_state_dict(trained)
+
+
+def adapt_batchnorm(model: RetinaNet, raster: Path) -> None:
+    """The lever "BatchNorm statistics of the new place" (AdaBN, Li et al. 2016): every BatchNorm
+    layer's running mean and variance re-estimated from the raster's own windows (a cumulative
+    average over non-overlapping chip-sized windows, no labels, no weights changed), so that a
+    brighter or differently textured site is normalised by its own statistics inside the network
+    too. Measured here before it becomes an option of ``detect_objects``."""
+    size = model._facts.chip_size
+    with rasterio.open(raster) as src:
+        pixels = torch.from_numpy(src.read())
+    height, width = pixels.shape[-2:]
+    starts = lambda n: sorted({*range(0, max(n - size, 0) + 1, size), max(n - size, 0)})  # noqa: E731
+    windows = torch.stack([pixels[:, y:y + size, x:x + size] for y in starts(height) for x in starts(width)])
+    norms = [m for m in model.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over every batch below
+    model.model.eval()
+    for norm in norms:
+        norm.train()
+    with torch.no_grad():
+        for batch in windows.split(8):
+            model.model(model._network_input(batch))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.model.eval()
 
 
 def saved_geolearn(label: str, settings: dict[str, dict]) -> tuple[RetinaNet, float, int, dict]:
