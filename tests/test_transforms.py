@@ -13,6 +13,7 @@ from fastai.vision.all import Brightness, Contrast, Dihedral, TensorBBox, Tensor
 
 from geolearn.data.boxes import pixel_to_unit, unit_to_pixel
 from geolearn.data.transforms import (
+    ChannelGains,
     ClipBoxes,
     MIN_VISIBLE_FRACTION,
     crop,
@@ -109,10 +110,36 @@ def test_default_pipeline_with_saturation_keeps_boxes_and_greys_stay_grey():
         assert torch.allclose(image[0], image[1], atol=1e-4) and torch.allclose(image[1], image[2], atol=1e-4)
 
 
-@pytest.mark.parametrize("bad", [{"zoom": -0.1}, {"lighting": 1.0}, {"saturation": -0.2}])
+@pytest.mark.parametrize("bad", [{"zoom": -0.1}, {"lighting": 1.0}, {"saturation": -0.2}, {"gain": -0.1}])
 def test_augmentation_strengths_out_of_range_are_refused(bad):
-    with pytest.raises(ValueError, match=r"zoom must be >= 0 and lighting and saturation in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"zoom and gain must be >= 0 and lighting and saturation in \[0, 1\)"):
         default_batch_transforms(**bad)
+
+
+def test_channel_gains_scale_each_band_of_each_training_image_by_one_factor_within_bounds():
+    torch.manual_seed(0)
+    ramp = torch.linspace(0.05, 0.6, 36).reshape(1, 1, 6, 6)
+    images = TensorImage(ramp.repeat(64, 4, 1, 1))  # 64 images of 4 bands; 0.6 * 1.3 < 1: nothing clipped
+    boxes = TensorBBox(torch.tensor([[[-0.5, -0.5, 0.5, 0.5]]]).repeat(64, 1, 1))
+    transforms = default_batch_transforms(n_bands=4, gain=0.3)
+    gains_tfm = next(t for t in transforms if isinstance(t, ChannelGains))
+    out, out_boxes = gains_tfm((images, boxes), split_idx=0)
+    ratio = out.as_subclass(torch.Tensor) / images.as_subclass(torch.Tensor)
+    per_band = ratio[..., :1, :1]
+    assert torch.allclose(ratio, per_band.expand_as(ratio), atol=1e-5)  # one factor per band and image
+    assert bool(((per_band >= 1 / 1.3 - 1e-5) & (per_band <= 1.3 + 1e-5)).all())
+    changed = (per_band - 1).abs().flatten(1).amax(1) > 1e-6
+    assert 0.6 < changed.float().mean() < 0.9  # p = 0.75 of the images
+    assert bool((per_band.flatten(1).std(1)[changed] > 0).all())  # bands differ within an image
+    assert torch.equal(out_boxes.as_subclass(torch.Tensor), boxes.as_subclass(torch.Tensor))
+    valid, _ = gains_tfm((images, boxes), split_idx=1)
+    assert torch.equal(valid.as_subclass(torch.Tensor), images.as_subclass(torch.Tensor))
+
+
+def test_channel_gains_clip_to_the_unit_range():
+    torch.manual_seed(0)
+    out = ChannelGains(max_gain=1.0, p=1.0)(TensorImage(torch.full((32, 3, 2, 2), 0.9)), split_idx=0)
+    assert float(out.max()) == 1.0 and float(out.min()) >= 0.45 - 1e-6
 
 
 def test_crop_shifts_clips_and_drops_by_visible_fraction():

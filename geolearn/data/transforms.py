@@ -15,6 +15,8 @@ leave boxes that a zoom pushed past the chip edge unclipped, so
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from fastai.vision.all import (
@@ -23,6 +25,7 @@ from fastai.vision.all import (
     Dihedral,
     Saturation,
     TensorBBox,
+    TensorImage,
     TensorMultiCategory,
     Transform,
     Zoom,
@@ -36,6 +39,7 @@ __all__ = [
     "random_crop_origin",
     "center_crop_origin",
     "ClipBoxes",
+    "ChannelGains",
     "default_batch_transforms",
     "MIN_VISIBLE_FRACTION",
 ]
@@ -223,8 +227,45 @@ class ClipBoxes(Transform):
         return TensorMultiCategory(labels.as_subclass(Tensor).masked_fill(lost, 0))
 
 
+class ChannelGains(Transform):
+    """Multiplies each band of a training image by its own random gain: another sensor's or
+    season's colour balance (fastai's ``Brightness`` and ``Saturation`` change all bands alike).
+
+    With probability ``p`` per image, band ``c`` becomes ``x_c · g_c`` with ``log g_c`` uniform in
+    ``[-log(1 + max_gain), log(1 + max_gain)]``, clipped to [0, 1]. Any number of bands; training
+    batches only (``split_idx = 0``); boxes pass unchanged. fastai has no per-band transform.
+
+    Examples:
+        >>> images = TensorImage(torch.full((2, 4, 3, 3), 0.5))
+        >>> gains = ChannelGains(max_gain=0.2, p=1.0)(images, split_idx=0)[..., 0, 0] / 0.5
+        >>> bool(((gains >= 1 / 1.2 - 1e-6) & (gains <= 1.2 + 1e-6)).all()), bool(gains.std() > 0)
+        (True, True)
+        >>> bool((ChannelGains(0.2)(images, split_idx=1) == images).all())  # validation: unchanged
+        True
+    """
+
+    split_idx = 0  # training batches only, like fastai's lighting transforms
+    order = 45  # after fastai's lighting transforms (40), before Normalize (99)
+
+    def __init__(self, max_gain: float = 0.1, p: float = 0.75) -> None:
+        super().__init__()
+        if not max_gain >= 0 or not 0 <= p <= 1:
+            raise ValueError(f"max_gain={max_gain!r}, p={p!r}: max_gain must be >= 0 and p in [0, 1], e.g. "
+                             "ChannelGains(max_gain=0.1, p=0.75).")
+        self.max_gain, self.p = max_gain, p
+
+    def encodes(self, images: TensorImage) -> TensorImage:
+        plain = images.as_subclass(Tensor)
+        batch, bands = plain.shape[:2]
+        bound = math.log1p(self.max_gain)
+        log_gains = torch.empty(batch, bands, 1, 1, device=plain.device).uniform_(-bound, bound)
+        chosen = torch.rand(batch, 1, 1, 1, device=plain.device) < self.p
+        gains = torch.where(chosen, log_gains.exp(), torch.ones_like(log_gains)).to(plain.dtype)
+        return TensorImage((plain * gains).clamp(0, 1))
+
+
 def default_batch_transforms(
-    n_bands: int = 3, *, zoom: float = 0.25, lighting: float = 0.2, saturation: float = 0.0
+    n_bands: int = 3, *, zoom: float = 0.25, lighting: float = 0.2, saturation: float = 0.0, gain: float = 0.0
 ) -> list[Transform]:
     """The default training augmentations for map-space (nadir) imagery, and their strength.
 
@@ -238,10 +279,11 @@ def default_batch_transforms(
         zoom: largest relative zoom in or out, >= 0 (0: no zoom). Default 0.25 (0.8–1.25).
         lighting: largest relative brightness and contrast change, in [0, 1). Default 0.2.
         saturation: largest relative saturation change, in [0, 1); 0 leaves it out. Default 0.
+        gain: largest relative gain of one band, >= 0; 0 (the default) leaves it out.
 
     Returns:
         ``[Dihedral(p=1), Zoom(p=0.5, zero padding), Brightness(p=0.75), Contrast(p=0.75),
-        (Saturation(p=0.75),) ClipBoxes()]``: fresh instances at each call, the disabled ones left out.
+        (Saturation(p=0.75),) (ChannelGains(p=0.75),) ClipBoxes()]``: fresh instances at each call, the disabled ones left out.
 
     Examples:
         >>> [type(t).__name__ for t in default_batch_transforms()]
@@ -251,9 +293,10 @@ def default_batch_transforms(
         >>> [type(t).__name__ for t in default_batch_transforms(n_bands=4, saturation=0.2)][-2:]  # not for 4 bands
         ['Contrast', 'ClipBoxes']
     """
-    if not zoom >= 0 or not 0 <= lighting < 1 or not 0 <= saturation < 1:
-        raise ValueError(f"zoom={zoom!r}, lighting={lighting!r}, saturation={saturation!r}: zoom must be >= 0 and "
-                         "lighting and saturation in [0, 1), e.g. zoom=0.25, lighting=0.2, saturation=0.2.")
+    if not zoom >= 0 or not 0 <= lighting < 1 or not 0 <= saturation < 1 or not gain >= 0:
+        raise ValueError(f"zoom={zoom!r}, lighting={lighting!r}, saturation={saturation!r}, gain={gain!r}: zoom and "
+                         "gain must be >= 0 and lighting and saturation in [0, 1), e.g. zoom=0.25, lighting=0.2, "
+                         "saturation=0.2, gain=0.1.")
     transforms: list[Transform] = [Dihedral(p=1.0)]
     if zoom > 0:
         transforms.append(Zoom(min_zoom=1 / (1 + zoom), max_zoom=1 + zoom, p=0.5, pad_mode="zeros"))
@@ -261,4 +304,6 @@ def default_batch_transforms(
         transforms += [Brightness(max_lighting=lighting, p=0.75), Contrast(max_lighting=lighting, p=0.75)]
     if saturation > 0 and n_bands == 3:
         transforms.append(Saturation(max_lighting=saturation, p=0.75))
+    if gain > 0:
+        transforms.append(ChannelGains(max_gain=gain, p=0.75))
     return transforms + [ClipBoxes()]
