@@ -138,18 +138,18 @@ def child_prepare(out: Path) -> None:
 
     from geolearn.data.esri import ClassInfo
     from geolearn.data.normalization import Normalization
-    from geolearn.learn.retinanet import ModelFacts, RetinaNet
+    from geolearn.learn.config import ModelConfig
+    from geolearn.learn.retinanet import RetinaNet
 
-    facts = ModelFacts(
-        classes=["background", *CLASSES],
+    config = ModelConfig(
         class_infos=[ClassInfo(1, "pool", (0, 0, 255)), ClassInfo(2, "tree", (0, 255, 0))],
         chip_size=CHIP,
         normalization=Normalization.for_rgb8(),
         n_bands=3,
+        backbone="resnet50",
     )
     torch.manual_seed(0)
-    model = RetinaNet.__new__(RetinaNet)  # no public constructor without training data: build, save, reload
-    model._setup(facts, scales=None, ratios=None, backbone="resnet50", pretrained=False, mixed_precision=None)
+    model = RetinaNet.from_config(config)  # random weights, no training data: build, save, reload
     torch.nn.init.normal_(model.model.classifier[-1].weight, std=0.01)  # some anchors above the threshold
     model.save(out / f"geolearn_resnet50_{CHIP}", compute_metrics=False)
 

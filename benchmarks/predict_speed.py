@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from geolearn.data.esri import ClassInfo  # noqa: E402
 from geolearn.data.normalization import Normalization  # noqa: E402
-from geolearn.learn.retinanet import ModelFacts, RetinaNet  # noqa: E402
+from geolearn.learn.config import ModelConfig  # noqa: E402
+from geolearn.learn.retinanet import RetinaNet  # noqa: E402
 
 
 def scene_image(size: int) -> np.ndarray:
@@ -36,15 +37,15 @@ def scene_image(size: int) -> np.ndarray:
 
 
 def build_model(backbone: str, chip_size: int, precision: bool) -> RetinaNet:
-    facts = ModelFacts(
-        classes=["background", "pool", "tree"],
+    config = ModelConfig(
         class_infos=[ClassInfo(1, "pool", (0, 0, 255)), ClassInfo(2, "tree", (0, 255, 0))],
         chip_size=chip_size,
         normalization=Normalization.for_rgb8(),
         n_bands=3,
+        backbone=backbone,
     )
-    model = RetinaNet.__new__(RetinaNet)
-    model._setup(facts, scales=None, ratios=None, backbone=backbone, pretrained=False, mixed_precision=precision)
+    model = RetinaNet.from_config(config)
+    model.mixed_precision = precision
     torch.manual_seed(0)
     torch.nn.init.normal_(model.model.classifier[-1].weight, std=0.01)  # some anchors above the threshold
     model.model.eval().to(memory_format=torch.channels_last)

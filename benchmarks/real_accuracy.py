@@ -266,7 +266,7 @@ def train_geolearn(chips: Path, budget: dict, settings: dict[str, dict]) -> tupl
     if standardize:  # and every window at detection time
         network_input = model._network_input
         model._network_input = lambda pixels: StandardizeChip.standardize(network_input(pixels))
-    print(f"geolearn: lr {model._lr:.3g}, {len(model.learn.recorder.values)} epochs in {trained:.0f} s")
+    print(f"geolearn: lr {model.config.learning_rate:.3g}, {len(model.learn.recorder.values)} epochs in {trained:.0f} s")
     return model, trained
 
 
@@ -308,7 +308,7 @@ def adapt_batchnorm(model: RetinaNet, raster: Path) -> None:
     average over non-overlapping chip-sized windows, no labels, no weights changed), so that a
     brighter or differently textured site is normalised by its own statistics inside the network
     too. Measured here before it becomes an option of ``detect_objects``."""
-    size = model._facts.chip_size
+    size = model.config.chip_size
     with rasterio.open(raster) as src:
         pixels = torch.from_numpy(src.read())
     height, width = pixels.shape[-2:]
@@ -324,7 +324,7 @@ def adapt_batchnorm(model: RetinaNet, raster: Path) -> None:
         norm.train()
     with torch.no_grad():
         for batch in windows.split(8):
-            model.model(model._network_input(batch))
+            model.model(model.config.normalization.normalize(batch))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.model.eval()
@@ -642,7 +642,7 @@ def main() -> None:
             records.append(common | {
                 "method": "geolearn",
                 "changed": changed | ({"detect": settings["detect"] | {"nms_overlap": nms}} if nms is not None else {}),
-                "epochs": epochs, "train_s": round(trained, 1), "lr": getattr(model, "_lr", None),
+                "epochs": epochs, "train_s": round(trained, 1), "lr": model.config.learning_rate,
                 "sites": {site: site_metrics(r) for site, r in scored.items()}})
         if args.label and not args.from_model:
             model.save(WORK / "models" / args.label, compute_metrics=False)

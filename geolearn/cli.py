@@ -147,7 +147,7 @@ def _demo(args: argparse.Namespace) -> int:
     with rasterio.open(raster) as src:
         pixels = src.read(window=held_back).transpose(1, 2, 0)
     boxes, names, _ = loaded.predict(pixels, threshold=0.4, nms_overlap=DENSE_NMS_OVERLAP, visualize=True, batch_size=8)
-    found = ", ".join(f"{names.count(c)} {c}" for c in loaded._facts.classes[1:])
+    found = ", ".join(f"{names.count(c)} {c}" for c in loaded.config.classes[1:])
     print(f"    found {found}")
     _save(loaded.predict_figure, out / "predict_held_back.png")
     step(f"7/7 model.detect_objects() over the whole scene ({raster.name}) ...")
@@ -155,7 +155,7 @@ def _demo(args: argparse.Namespace) -> int:
                                        nms_overlap=DENSE_NMS_OVERLAP, batch_size=8,
                                        overwrite=True)  # the demo's own output folder
     counts = detections["Class"].value_counts()
-    print("    found " + ", ".join(f"{counts.get(c, 0)} {c}" for c in loaded._facts.classes[1:])
+    print("    found " + ", ".join(f"{counts.get(c, 0)} {c}" for c in loaded.config.classes[1:])
           + f" in {detections.crs}; wrote {out / 'detections.gpkg'}")
     _save(plot_scene_detections(raster, detections), out / "detections.png")
     step("done")

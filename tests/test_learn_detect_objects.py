@@ -9,7 +9,6 @@ known map coordinates must come back at those coordinates.
 
 from __future__ import annotations
 
-import dataclasses
 
 import os
 import subprocess
@@ -241,7 +240,7 @@ def test_arguments_mode_and_memory_format(model, tmp_path):
 def test_a_model_trained_on_enlarged_chips_sees_the_raster_enlarged_alike(model, tmp_path):
     # Trained with resize_to: chips twice their exported side, so objects twice as large. Windows
     # of 32 raster pixels are enlarged to the network's 64; padding 8 network px = 4 raster px.
-    model._facts = dataclasses.replace(model._facts, zoom=2.0)
+    model._config = model.config.replace(zoom=2.0)
     west, north = 500000.0, 4000000.0
     pixels = dark(60, 80)
     paint(pixels, 20, 10, 30, 16)  # 10 × 6 px; enlarged bilinearly, 128 is crossed at the same edges

@@ -154,7 +154,7 @@ def test_the_package_records_the_training_imagerys_cell_size_and_crs(tmp_path):
     assert emd["MinCellSize"]["spatialReference"] == {"wkid": 32633}
     assert "UTM zone 33N" in emd["geolearn"]["crs_wkt"]
     loaded = RetinaNet.from_model(folder)
-    assert loaded._facts.crs_wkt == emd["geolearn"]["crs_wkt"]
+    assert loaded.config.crs_wkt == emd["geolearn"]["crs_wkt"]
 
 
 def test_from_model_takes_the_saved_tensors_as_float32_parameters(model, tmp_path):

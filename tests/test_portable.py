@@ -138,13 +138,11 @@ def test_geolearn_export_onnx_writes_the_file_once(onnx_package, tmp_path, capsy
 
 @pytest.mark.parametrize("epsg, resolution", [(32633, 5.0), (4326, None)])
 def test_deepness_resolution_is_the_networks_pixel_in_cm_for_metric_crss(tree_model, monkeypatch, epsg, resolution):
-    import dataclasses
-
     from rasterio.crs import CRS
 
     # 0.1 m training pixels, enlarged twice (resize_to): the network sees 5 cm pixels.
-    facts = dataclasses.replace(tree_model._facts, cell_size=0.1, crs_wkt=CRS.from_epsg(epsg).to_wkt(), zoom=2.0)
-    monkeypatch.setattr(tree_model, "_facts", facts)
+    config = tree_model.config.replace(cell_size=0.1, crs_wkt=CRS.from_epsg(epsg).to_wkt(), zoom=2.0)
+    monkeypatch.setattr(tree_model, "_config", config)
     captured = {}
     monkeypatch.setattr("geolearn.learn.retinanet.onnx_bytes", lambda *args: captured.update(meta=args[-1]) or b"")
     tree_model._onnx()

@@ -48,6 +48,9 @@ class DetectionData(DataLoaders):
         extract_bands: 0-based bands read from each chip (None: all).
         bands: band names (e.g. ``['red', 'green', 'blue', 'nir']``), when given.
         rgb_bands: 0-based bands (of the extracted ones) drawn as red, green, blue.
+        resize_to: side every chip is squished to before cropping, or None.
+        zoom: network pixels per imagery pixel, ``resize_to`` over the commonest side of the
+            training chips (1.0 without ``resize_to``): what a model trained on it applies to imagery.
         cell_size: the export's cell size (``{x, y, spatialReference}``), when known.
         crs_wkt: the CRS of the exported raster, when known.
 
@@ -213,6 +216,21 @@ def _normalization(
     return cached_sample_normalization(cache_root, images, extract_bands, norm_pct, seed), True
 
 
+def _zoom(resize_to: int | None, chip_widths: Sequence[int]) -> float:
+    """Network pixels per imagery pixel: ``resize_to`` over the commonest side of the training chips.
+
+    Chips of other sides are squished by other factors; no single factor fits them, and the
+    commonest one (an export writes chips of one size) is what prediction applies.
+
+    Examples:
+        >>> _zoom(None, [256, 256]), _zoom(384, [256, 256, 200])
+        (1.0, 1.5)
+    """
+    if not resize_to or not chip_widths:
+        return 1.0
+    return resize_to / Counter(chip_widths).most_common(1)[0][0]
+
+
 def _parse_transforms(transforms: Any, n_bands: int) -> tuple[list[Transform], list[Transform]]:
     """``None`` → defaults; ``False`` → none; a list → training batch transforms;
     ``(train, valid)`` → both, as arcgis.learn's tuple."""
@@ -325,6 +343,7 @@ def prepare_data(
     names = ["background"] + [c.name for c in classes]
 
     images = [image for f in folders for image in f.images]
+    infos = [info for f in folders for info in f.infos]
     labels = [lbl for f in folders for lbl in f.labels]
     if valid_folder is not None:
         train_idx, valid_idx = list(range(len(images))), []
@@ -411,6 +430,7 @@ def prepare_data(
     data.bands = list(kwargs["bands"]) if kwargs.get("bands") else None
     data.rgb_bands = resolve_rgb_bands(kwargs.get("rgb_bands"), data.bands, n_bands)
     data.resize_to = resize_to
+    data.zoom = _zoom(resize_to, [infos[i].width for i in train_idx])  # from the headers read above
     # Ground sample distance and CRS of the training imagery (from the export), for the model's EMD.
     export_emd = folders[0].emd or {}
     data.cell_size = export_emd.get("MinCellSize", export_emd.get("CellSize"))

@@ -17,8 +17,6 @@ import logging
 import os
 import time
 import warnings
-from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,14 +31,14 @@ from geolearn.data.boxes import pixel_to_unit
 from geolearn.data.esri import DATASET_TYPES, ClassInfo
 from geolearn.data.georef import detections_frame, resolve_output, write_features
 from geolearn.data.images import read_chip, read_image_info
-from geolearn.data.normalization import Normalization
 from geolearn._version import __version__
 from geolearn.errors import GeolearnWarning, OutputExistsError
 from geolearn.learn.evaluation import DetectionSettings, evaluate
-from geolearn.learn.package import build_emd, load_state_dict, read_emd, resolve_model, save_package
+from geolearn.learn.config import ModelConfig
+from geolearn.learn.package import load_state_dict, read_emd, resolve_model, save_package
 from geolearn.learn.precision import resolve_precision
 from geolearn.metrics import average_precision, mean_average_precision, precision_recall
-from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES, make_anchors, suggest_anchors
+from geolearn.models.anchors import make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
 from geolearn.models.loss import RetinaNetLoss, cut_by_edge
 from geolearn.models.portable import deepness_metadata, onnx_bytes, script_bytes
@@ -112,71 +110,6 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], valley_lr: float) 
     if len(above) == 0:
         return valley_lr
     return max(valley_lr, float(lrs[int(above[0])]) / TAKEOFF_DIVISOR)
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What a model must know about its data to predict and to be saved, with or without the data.
-
-    Attributes:
-        classes: ``['background', *names]`` in the order of the network's outputs.
-        class_infos: value, name and colour of ``classes[1:]``, in that order.
-        chip_size: side of the training chips, pixels.
-        normalization: how raw pixels become network inputs.
-        n_bands: bands the network takes.
-        band_names: their names, when known.
-        extract_bands: 0-based bands taken from an image (None: all).
-        resize_to: side chips were squished to before cropping, or None.
-        zoom: network pixels per imagery pixel: ``resize_to`` over the side of the exported
-            chips, 1.0 without ``resize_to``. ``predict`` and ``detect_objects`` enlarge the
-            imagery by it, so that objects appear as large as in training.
-        cell_size: ground sample distance of the training imagery (a number or Esri's
-            ``{x, y, spatialReference}``), when known.
-        crs_wkt: CRS of the training imagery, when known.
-    """
-
-    classes: list[str]
-    class_infos: list[ClassInfo]
-    chip_size: int
-    normalization: Normalization
-    n_bands: int
-    band_names: list[str] | None = None
-    extract_bands: list[int] | None = None
-    resize_to: int | None = None
-    zoom: float = 1.0
-    cell_size: Any = None
-    crs_wkt: str | None = None
-
-
-def _zoom(data) -> float:
-    """Network pixels per imagery pixel: ``resize_to`` over the commonest side of the training chips.
-
-    Chips of other sides are squished by other factors; no single factor fits them, and the
-    commonest one (an export writes chips of one size) is what prediction applies.
-    """
-    if not data.resize_to:
-        return 1.0
-    sides = Counter(read_image_info(image).width for image in data.train_ds.images)
-    return data.resize_to / sides.most_common(1)[0][0]
-
-
-def facts_from_data(data) -> ModelFacts:
-    """The :class:`ModelFacts` of what ``prepare_data`` returned."""
-    value_of = {name: value for value, name in data.class_mapping.items()}
-    infos = [ClassInfo(value_of[name], name, tuple(data.color_mapping[value_of[name]])) for name in data.classes[1:]]
-    return ModelFacts(
-        classes=list(data.classes),
-        class_infos=infos,
-        chip_size=data.chip_size,
-        normalization=data.normalization,
-        n_bands=data.n_bands,
-        band_names=data.bands,
-        extract_bands=data.extract_bands,
-        resize_to=data.resize_to,
-        zoom=_zoom(data),
-        cell_size=getattr(data, "cell_size", None),
-        crs_wkt=getattr(data, "crs_wkt", None),
-    )
 
 
 def _is_channels_last(model: torch.nn.Module) -> bool:
@@ -256,53 +189,64 @@ class RetinaNet:
             fit = self.suggest_anchors(data)
             scales = fit.scales if scales in (None, "auto") else scales
             ratios = fit.ratios if ratios in (None, "auto") else ratios
-        self._setup(
-            facts_from_data(data),
-            scales=scales,
-            ratios=ratios,
-            backbone=backbone,
-            pretrained=kwargs.get("pretrained", True),
-            mixed_precision=kwargs.get("mixed_precision"),
-        )
+        self._build(ModelConfig.from_data(data, backbone=backbone, scales=scales, ratios=ratios),
+                    pretrained=kwargs.get("pretrained", True))
+        self.mixed_precision = kwargs.get("mixed_precision")
         self._attach_data(data, wd=kwargs.get("wd", 1e-4))
         if pretrained_path is not None:
             self.load(pretrained_path)
 
-    def _setup(self, facts: ModelFacts, *, scales, ratios, backbone, pretrained: bool, mixed_precision,
-               weights: dict[str, Tensor] | None = None) -> None:
-        """Builds network, anchors and loss from what the model must know about its data.
+    @classmethod
+    def from_config(cls, config: ModelConfig, *, weights: dict[str, Tensor] | None = None) -> "RetinaNet":
+        """A model built from its configuration alone, without training data.
+
+        Args:
+            config: what the model is (:class:`~geolearn.learn.config.ModelConfig`).
+            weights: a state_dict for the network; None: random weights (no ImageNet
+                download). Keyword only.
+
+        Returns:
+            A model that predicts, detects and saves; ``fit``/``lr_find`` need data
+            (:meth:`from_model` with ``data=``).
+
+        Examples:
+            >>> config = ModelConfig.from_emd("models/trees")  # doctest: +SKIP
+            >>> model = RetinaNet.from_config(config.replace(chip_size=512))  # doctest: +SKIP
+        """
+        model = cls.__new__(cls)
+        model._build(config, pretrained=False, weights=weights)
+        model.mixed_precision = None
+        model._learned_weights = weights is not None
+        return model
+
+    def _build(self, config: ModelConfig, *, pretrained: bool, weights: dict[str, Tensor] | None = None) -> None:
+        """Builds network, anchors and loss from the model's configuration.
 
         ``weights`` (a state_dict) become the network's parameters, in place of random ones.
         """
-        self._facts = facts
+        self._config = config
         self._data = None
         self.learn = None
-        self.scales = [float(s) for s in (scales if scales is not None else DEFAULT_SCALES)]
-        self.ratios = [float(r) for r in (ratios if ratios is not None else DEFAULT_RATIOS)]
-        self.backbone = backbone if backbone is not None else "resnet50"
-        self.mixed_precision = mixed_precision
-        self.anchors = make_anchors(facts.chip_size, self.scales, self.ratios)
+        self.anchors = make_anchors(config.chip_size, config.scales, config.ratios)
         # Weights about to be loaded: build on the meta device and take the loaded tensors as the
         # parameters. Allocating and initialising random ones only to overwrite them held two copies
         # of the weights at once (+146 MB at the peak for resnet50) and took most of from_model's time.
         with torch.device("meta") if weights is not None else contextlib.nullcontext():
             self.model = build_retinanet(
-                self.backbone,
-                n_classes=len(facts.classes) - 1,
-                n_bands=facts.n_bands,
-                band_names=facts.band_names,
+                config.backbone,
+                n_classes=len(config.class_infos),
+                n_bands=config.n_bands,
+                band_names=list(config.band_names) if config.band_names is not None else None,
                 pretrained=pretrained,
-                n_anchors=len(self.scales) * len(self.ratios),
+                n_anchors=len(config.scales) * len(config.ratios),
             )
         if weights is not None:
             expected = self.model.state_dict()  # meta tensors: names, shapes and dtypes, no memory
             weights = {name: value.to(expected[name].dtype) if name in expected else value
                        for name, value in weights.items()}
             self.model.load_state_dict(weights, strict=True, assign=True)
-        self.loss_func = RetinaNetLoss(self.anchors, n_classes=len(facts.classes) - 1)
+        self.loss_func = RetinaNetLoss(self.anchors, n_classes=len(config.class_infos))
         self.lr_find_figure: Figure | None = None
-        self._lr: float | None = None
-        self._threshold: float | None = None  # calibrated by fit, read from the EMD
         # Whether the weights were loaded from a saved model (then the backbone's features are worth keeping).
         self._learned_weights = False
 
@@ -314,13 +258,13 @@ class RetinaNet:
 
         from geolearn.learn.callbacks import AveragePrecisionMetric, TableProgress
 
-        if data.classes != self._facts.classes:
+        if data.classes != self._config.classes:
             raise ValueError(
-                f"the data's classes {data.classes} differ from the model's {self._facts.classes}; "
+                f"the data's classes {data.classes} differ from the model's {self._config.classes}; "
                 "prepare the data with the classes the model was trained on (class_mapping=...)."
             )
         self._data = data
-        self._metric = AveragePrecisionMetric(DetectionSettings(self.anchors, self._facts.chip_size))
+        self._metric = AveragePrecisionMetric(DetectionSettings(self.anchors, self._config.chip_size))
         self.learn = Learner(
             data,
             self.model,
@@ -344,11 +288,28 @@ class RetinaNet:
             logger.info("backbone has random weights: training all layers from the start")
 
     def __repr__(self) -> str:
-        return f"<RetinaNet backbone={self._backbone_name} classes={self._facts.classes[1:]}>"
+        return f"<RetinaNet backbone={self._config.backbone_name} classes={self._config.classes[1:]}>"
 
     @property
-    def _backbone_name(self) -> str:
-        return self.backbone if isinstance(self.backbone, str) else getattr(self.backbone, "__name__", "custom")
+    def config(self) -> ModelConfig:
+        """What the model is besides its weights (:class:`~geolearn.learn.config.ModelConfig`);
+        ``fit`` records its learning rate and score threshold there."""
+        return self._config
+
+    @property
+    def backbone(self) -> str | Callable:
+        """The backbone's name (or torchvision function)."""
+        return self._config.backbone
+
+    @property
+    def scales(self) -> list[float]:
+        """Anchor scales (multiples of 4 grid cells)."""
+        return list(self._config.scales)
+
+    @property
+    def ratios(self) -> list[float]:
+        """Anchor height/width ratios."""
+        return list(self._config.ratios)
 
     # ------------------------------------------------------------------ class facts
 
@@ -420,7 +381,7 @@ class RetinaNet:
         self.lr_find_figure = plot_lr_find(lrs, losses, lr)
         if allow_plot:
             _show(self.lr_find_figure)
-        self._lr = lr
+        self._config = self._config.replace(learning_rate=float(lr))
         return lr
 
     def fit(
@@ -481,7 +442,8 @@ class RetinaNet:
         if lr is None:
             lr = self.lr_find(allow_plot=False)
             logger.info("lr_find chose %.2e", lr)
-        self._lr = lr if isinstance(lr, float) else getattr(lr, "stop", lr)
+        top = lr if isinstance(lr, (int, float)) else getattr(lr, "stop", None)
+        self._config = self._config.replace(learning_rate=float(top) if top is not None else None)
         lr_arg = self._group_rates(lr)
         callbacks = precision_callbacks(self._precision_dtype(mixed_precision)) + [ChannelsLast()]
         if early_stopping:
@@ -510,13 +472,13 @@ class RetinaNet:
         fit found nothing on the validation chips) has arcgis.learn's 0.5. Set it to choose
         another.
         """
-        return self._threshold if self._threshold is not None else DEFAULT_THRESHOLD
+        return self._config.threshold if self._config.threshold is not None else DEFAULT_THRESHOLD
 
     @threshold.setter
     def threshold(self, value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"threshold={value!r}: give a score between 0 and 1, e.g. 0.3.")
-        self._threshold = float(value)
+        self._config = self._config.replace(threshold=float(value))
 
     def _calibrate_threshold(self) -> None:
         """Sets :attr:`threshold` to the validation chips' best-F1 score cut.
@@ -532,7 +494,7 @@ class RetinaNet:
         predictions, targets = evaluate(self.model, self._data.valid, settings, self._precision_dtype(), False)
         curve = precision_recall(predictions, targets, iou_thresh=CALIBRATION_IOU, cls=None)
         cut = curve.best_f1_cut(floor=CALIBRATION_FLOOR)
-        self._threshold = cut
+        self._config = self._config.replace(threshold=cut)
         if cut is None:
             logger.info("no detections on the validation chips: detect_objects keeps the threshold %.2f",
                         DEFAULT_THRESHOLD)
@@ -654,25 +616,7 @@ class RetinaNet:
                 ``average_precision_score`` raise a clear error.
         """
         definition = read_emd(resolve_model(Path(emd_path))[0])
-        facts = ModelFacts(
-            classes=["background", *(c.name for c in definition.classes)],
-            class_infos=list(definition.classes),
-            chip_size=definition.chip_size,
-            normalization=definition.normalization,
-            n_bands=definition.n_bands,
-            band_names=definition.band_names,
-            extract_bands=definition.extract_bands,
-            resize_to=definition.resize_to,
-            zoom=definition.zoom,
-            cell_size=definition.cell_size,
-            crs_wkt=definition.crs_wkt,
-        )
-        model = cls.__new__(cls)
-        model._setup(facts, scales=definition.scales, ratios=definition.ratios, backbone=definition.backbone,
-                     pretrained=False, mixed_precision=None, weights=load_state_dict(definition.model_file))
-        model._learned_weights = True
-        model._lr = definition.learning_rate
-        model._threshold = definition.threshold
+        model = cls.from_config(ModelConfig.from_definition(definition), weights=load_state_dict(definition.model_file))
         if data is not None:
             model._attach_data(data)
         return model
@@ -726,28 +670,8 @@ class RetinaNet:
             if getattr(self.learn.recorder, "losses", None):  # set once fit has run
                 figures["loss_graph"] = self._losses_figure()
             figures["show_results"] = self._results_figure(rows=3, thresh=0.3, nms_overlap=0.1)
-        facts = self._facts
-        emd = build_emd(
-            model_file=f"{name}.pth",
-            backbone=self._backbone_name,
-            scales=self.scales,
-            ratios=self.ratios,
-            classes=facts.class_infos,
-            chip_size=facts.chip_size,
-            extract_bands=facts.extract_bands if facts.extract_bands is not None else list(range(facts.n_bands)),
-            learning_rate=self._lr,
-            resize_to=facts.resize_to,
-            zoom=facts.zoom,
-            is_multispectral=not facts.normalization.imagenet,
-            normalization=facts.normalization,
-            average_precision=average_precision,
-            n_bands=facts.n_bands,
-            band_names=facts.band_names,
-            cell_size=facts.cell_size,
-            crs_wkt=facts.crs_wkt,
-            threshold=self._threshold,
-            network_script=f"{name}_detector.pt",
-        )
+        emd = self._config.to_emd(f"{name}.pth", average_precision=average_precision,
+                                  network_script=f"{name}_detector.pt")
         optimizer = None
         if save_optimizer and self.learn is not None and self.learn.opt is not None:
             optimizer = self.learn.opt.state_dict()
@@ -761,32 +685,32 @@ class RetinaNet:
 
     def _network_script(self) -> bytes:
         """The package's TorchScript for its raster function: raw windows → boxes and scores."""
-        facts = self._facts
-        return script_bytes(self.model, self.anchors, facts.chip_size, facts.normalization,
-                            window_size=round(facts.chip_size / facts.zoom))
+        config = self._config
+        return script_bytes(self.model, self.anchors, config.chip_size, config.normalization,
+                            window_size=config.window_size)
 
     def _onnx(self, threshold: float | None = None, nms_overlap: float = 0.1) -> bytes:
         """The ONNX file of :meth:`export_onnx`."""
-        facts = self._facts
+        config = self._config
         cell_size_m = None  # what the network sees: the training pixels, enlarged by the zoom
-        if facts.cell_size is not None and facts.crs_wkt is not None:
+        if config.cell_size is not None and config.crs_wkt is not None:
             from rasterio.crs import CRS
 
-            if CRS.from_wkt(facts.crs_wkt).linear_units in ("metre", "meter"):
-                cell_size_m = facts.cell_size / facts.zoom
+            if CRS.from_wkt(config.crs_wkt).linear_units in ("metre", "meter"):
+                cell_size_m = config.cell_size / config.zoom
         metadata = deepness_metadata(
-            facts.classes[1:], facts.chip_size, facts.normalization,
+            config.classes[1:], config.chip_size, config.normalization,
             threshold=self.threshold if threshold is None else threshold, nms_overlap=nms_overlap,
             overlap_percent=25, cell_size_m=cell_size_m,
         )
         metadata["geolearn"] = json.dumps({
-            "version": __version__, "chip_size": facts.chip_size, "zoom": facts.zoom,
-            "normalization": facts.normalization.to_json(), "class_names": facts.classes[1:],
-            "extract_bands": list(facts.extract_bands) if facts.extract_bands is not None else None,
+            "version": __version__, "chip_size": config.chip_size, "zoom": config.zoom,
+            "normalization": config.normalization.to_json(), "class_names": config.classes[1:],
+            "extract_bands": list(config.extract_bands) if config.extract_bands is not None else None,
             "input": "normalised chips (float32 [batch, bands, chip_size, chip_size])",
             "output": "[batch, 4 + classes, anchors]: cx, cy, w, h in input pixels, then sigmoid class scores",
         })
-        return onnx_bytes(self.model, self.anchors, facts.chip_size, facts.n_bands, metadata)
+        return onnx_bytes(self.model, self.anchors, config.chip_size, config.n_bands, metadata)
 
     def export_onnx(self, path: str | Path, *, threshold: float | None = None, nms_overlap: float = 0.1,
                     overwrite: bool = False) -> Path:
@@ -831,13 +755,13 @@ class RetinaNet:
 
     def _traced_network(self) -> bytes:
         """The network as TorchScript, traced in eval mode on one chip of the training size."""
-        size = self._facts.chip_size
+        size = self._config.chip_size
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit's deprecation notices: tracing still works
-                traced = torch.jit.trace(self.model, torch.zeros(1, self._facts.n_bands, size, size), strict=False)
+                traced = torch.jit.trace(self.model, torch.zeros(1, self._config.n_bands, size, size), strict=False)
                 buffer = io.BytesIO()
                 torch.jit.save(traced, buffer)
         finally:
@@ -848,7 +772,7 @@ class RetinaNet:
 
     def _network_input(self, pixels: Tensor) -> Tensor:
         """Raw ``[C, H, W]`` (or a batch ``[B, C, H, W]``) pixels → the scaled, standardised float32 the network takes."""
-        return self._facts.normalization.normalize(pixels)
+        return self._config.normalization.normalize(pixels)
 
     def predict(
         self,
@@ -885,16 +809,16 @@ class RetinaNet:
         """
         if isinstance(image_path, np.ndarray):
             pixels = torch.from_numpy(np.ascontiguousarray(image_path.transpose(2, 0, 1)))
-            if self._facts.extract_bands is not None and pixels.shape[0] != self._facts.n_bands:
-                pixels = pixels[list(self._facts.extract_bands)]
+            if self._config.extract_bands is not None and pixels.shape[0] != self._config.n_bands:
+                pixels = pixels[list(self._config.extract_bands)]
         else:
-            pixels = read_chip(Path(image_path), self._facts.extract_bands)
-        if pixels.shape[0] != self._facts.n_bands:
-            raise ValueError(f"the image has {pixels.shape[0]} bands, the model takes {self._facts.n_bands}; "
+            pixels = read_chip(Path(image_path), self._config.extract_bands)
+        if pixels.shape[0] != self._config.n_bands:
+            raise ValueError(f"the image has {pixels.shape[0]} bands, the model takes {self._config.n_bands}; "
                              "pass an image with the bands the model was trained on.")
         image = self._network_input(pixels)
         height, width = image.shape[1:]
-        size, zoom = self._facts.chip_size, self._facts.zoom
+        size, zoom = self._config.chip_size, self._config.zoom
         # resize: the whole image becomes one chip; else a model trained on enlarged chips
         # (resize_to) sees the image enlarged alike.
         seen = (size, size) if resize else (round(height * zoom), round(width * zoom))
@@ -907,12 +831,12 @@ class RetinaNet:
         if seen != (height, width):
             image_boxes = image_boxes * torch.tensor([width / seen[1], height / seen[0]] * 2)
         if visualize:
-            self.predict_figure = plot_detections(self._facts.normalization.scale(pixels)[self._rgb_bands()],
-                                                  image_boxes, found.labels, found.scores, self._facts.classes,
+            self.predict_figure = plot_detections(self._config.normalization.scale(pixels)[self._rgb_bands()],
+                                                  image_boxes, found.labels, found.scores, self._config.classes,
                                                   self._class_colors())
             _show(self.predict_figure)
         boxes = torch.cat([image_boxes[:, :2], image_boxes[:, 2:] - image_boxes[:, :2]], dim=1).tolist()
-        labels = [self._facts.classes[i] for i in found.labels.tolist()]
+        labels = [self._config.classes[i] for i in found.labels.tolist()]
         if return_scores:
             return boxes, labels, found.scores.tolist()
         return boxes, labels
@@ -984,7 +908,7 @@ class RetinaNet:
             ValueError: ``padding`` outside ``[0, chip_size / 2)``, an unknown suffix or ``merge``.
             ImageReadError: the raster cannot be opened or read.
         """
-        size = self._facts.chip_size
+        size = self._config.chip_size
         padding = size // 8 if padding is None else padding
         if isinstance(padding, bool) or not isinstance(padding, int) or not 0 <= 2 * padding < size:
             raise ValueError(f"padding={padding!r}: pixels of context on each side of a {size} px window, an int in "
@@ -999,7 +923,7 @@ class RetinaNet:
                                    test_time_augmentation=test_time_augmentation)
         # Windows of raster pixels that enlarge to the chip size when the model was trained on
         # enlarged chips (zoom = resize_to / exported chip side); padding scales with them.
-        window = round(size / self._facts.zoom)
+        window = self._config.window_size
         if window != size:
             run_batch = zoomed_runner(run_batch, window, size)
         was_training, was_channels_last = self.model.training, _is_channels_last(self.model)
@@ -1009,7 +933,7 @@ class RetinaNet:
             with torch.inference_mode():
                 found = detect_raster(
                     run_batch, raster, chip_size=window, to_input=self._network_input,
-                    bands=bands if bands is not None else self._facts.extract_bands, n_bands=self._facts.n_bands,
+                    bands=bands if bands is not None else self._config.extract_bands, n_bands=self._config.n_bands,
                     overlap=round(2 * padding * window / size), batch_size=batch_size, merge=merge,
                     nms_overlap=nms_overlap,
                     class_agnostic=class_agnostic, edge_tolerance=2.0 if exclude_pad_detections else None,
@@ -1021,7 +945,7 @@ class RetinaNet:
             self.model.train(was_training)
         logger.info("%s: %d detections (%d windows run, %d skipped as nodata)",
                     raster, len(found.scores), found.windows_run, found.windows_skipped)
-        frame = detections_frame(found.raster_boxes, found.labels, found.scores, self._facts.classes,
+        frame = detections_frame(found.raster_boxes, found.labels, found.scores, self._config.classes,
                                  found.transform, found.crs)
         if out_path is not None:
             write_features(frame, out_path, overwrite=overwrite)
@@ -1030,10 +954,10 @@ class RetinaNet:
     def _rgb_bands(self) -> list[int]:
         if self._data is not None:
             return list(self._data.rgb_bands)
-        return resolve_rgb_bands(None, self._facts.band_names, self._facts.n_bands)
+        return resolve_rgb_bands(None, self._config.band_names, self._config.n_bands)
 
     def _class_colors(self) -> list[tuple[float, float, float]]:
-        return [(0.5, 0.5, 0.5)] + [tuple(c / 255 for c in info.color) for info in self._facts.class_infos]
+        return [(0.5, 0.5, 0.5)] + [tuple(c / 255 for c in info.color) for info in self._config.class_infos]
 
     def show_results(self, rows: int = 5, thresh: float = 0.3, nms_overlap: float = 0.1, **kwargs: Any) -> Figure:
         """Validation chips: ground truth on the left, predictions (with scores) on the right.
@@ -1053,7 +977,7 @@ class RetinaNet:
         return figure
 
     def _results_figure(self, rows: int, thresh: float, nms_overlap: float, rgb_bands=None) -> Figure:
-        settings = DetectionSettings(self.anchors, self._facts.chip_size, thresh, nms_overlap)
+        settings = DetectionSettings(self.anchors, self._config.chip_size, thresh, nms_overlap)
         images, predictions, targets = [], [], []
         for batch in self._data.valid:
             found, truth = evaluate(self.model, [batch], settings, self._precision_dtype(), progress=False)
@@ -1065,7 +989,7 @@ class RetinaNet:
         rgb = list(rgb_bands) if rgb_bands is not None else self._rgb_bands()
         return plot_ground_truth_and_predictions(
             [image[rgb] for image in images[:rows]], targets[:rows], predictions[:rows],
-            self._facts.classes, self._class_colors(),
+            self._config.classes, self._class_colors(),
         )
 
     def _require_data(self, what: str) -> None:

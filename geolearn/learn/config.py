@@ -1,0 +1,204 @@
+"""``ModelConfig``: everything that describes a model besides its weights, in one place.
+
+A trained detector is its weights plus what they mean: the classes it finds, the bands it reads
+and how their pixels are scaled, the chip size and zoom it saw in training, its backbone and
+anchors, where its training imagery lay, and what training chose (learning rate, score
+threshold). :class:`~geolearn.learn.retinanet.RetinaNet` holds one :class:`ModelConfig`;
+:meth:`ModelConfig.from_data` describes what ``prepare_data`` returned, and
+:meth:`~ModelConfig.to_emd` / :meth:`~ModelConfig.from_emd` are its file form, the model
+definition (``.emd``). :mod:`geolearn.learn.package` knows the EMD's keys (arcgis.learn's
+spellings, validation, defaults for arcgis.learn's own files); this module maps them to the
+fields, once in each direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from geolearn.data.esri import ClassInfo
+from geolearn.data.normalization import Normalization
+from geolearn.learn.package import DEFAULT_BACKBONE, ModelDefinition, build_emd, read_emd, resolve_model
+from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES
+
+__all__ = ["ModelConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """What a model is, besides its weights: enough to rebuild its network and run it.
+
+    Attributes:
+        class_infos: value, name and colour of each object class, in the order of the
+            network's outputs (background not included).
+        chip_size: side of the training chips the network saw, pixels.
+        normalization: how raw pixels become network inputs.
+        n_bands: bands the network takes.
+        band_names: their names, when known.
+        extract_bands: 0-based bands taken from an image (None: all).
+        resize_to: side chips were squished to before cropping, or None.
+        zoom: network pixels per imagery pixel: ``resize_to`` over the side of the exported
+            chips, 1.0 without ``resize_to``. ``predict`` and ``detect_objects`` enlarge the
+            imagery by it, so that objects appear as large as in training.
+        cell_size: ground sample distance of the training imagery (a number or Esri's
+            ``{x, y, spatialReference}``), when known.
+        crs_wkt: CRS of the training imagery, when known.
+        backbone: backbone name (or the torchvision function of a custom one).
+        scales: anchor sizes relative to 4 grid cells.
+        ratios: anchor height/width ratios.
+        learning_rate: the (last) learning rate training used, when known.
+        threshold: the detection score threshold ``fit`` calibrated, or None (then 0.5).
+
+    Examples:
+        >>> from geolearn.data.esri import ClassInfo
+        >>> config = ModelConfig(class_infos=(ClassInfo(1, "tree", (0, 168, 132)),), chip_size=256,
+        ...                      normalization=Normalization.for_rgb8(), n_bands=3, backbone="resnet18")
+        >>> config.classes, config.scales == DEFAULT_SCALES
+        (['background', 'tree'], True)
+        >>> emd = config.to_emd("trees.pth")
+        >>> emd["ModelParameters"]["backbone"], emd["ImageHeight"], emd["ExtractBands"]
+        ('resnet18', 256, [0, 1, 2])
+    """
+
+    class_infos: tuple[ClassInfo, ...]
+    chip_size: int
+    normalization: Normalization
+    n_bands: int
+    band_names: tuple[str, ...] | None = None
+    extract_bands: tuple[int, ...] | None = None
+    resize_to: int | None = None
+    zoom: float = 1.0
+    cell_size: Any = None
+    crs_wkt: str | None = None
+    backbone: str | Callable = DEFAULT_BACKBONE
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    learning_rate: float | None = None
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        # Sequences become tuples (the config is frozen and compares by value), numbers floats.
+        set_field = object.__setattr__  # the documented way to normalise fields of a frozen dataclass
+        set_field(self, "class_infos", tuple(self.class_infos))
+        set_field(self, "scales", tuple(float(s) for s in self.scales))
+        set_field(self, "ratios", tuple(float(r) for r in self.ratios))
+        set_field(self, "zoom", float(self.zoom))
+        for name in ("band_names", "extract_bands"):
+            if getattr(self, name) is not None:
+                set_field(self, name, tuple(getattr(self, name)))
+
+    @property
+    def classes(self) -> list[str]:
+        """``['background', *names]``: arcgis.learn's ``data.classes``, the network's output order."""
+        return ["background", *(c.name for c in self.class_infos)]
+
+    @property
+    def backbone_name(self) -> str:
+        """The backbone's name, also for a custom torchvision function."""
+        return self.backbone if isinstance(self.backbone, str) else getattr(self.backbone, "__name__", "custom")
+
+    @property
+    def window_size(self) -> int:
+        """Side of the imagery window one network chip covers, in raster pixels (``chip_size / zoom``)."""
+        return round(self.chip_size / self.zoom)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with ``changes`` (the learning rate and threshold training sets, for instance)."""
+        return replace(self, **changes)
+
+    # ------------------------------------------------------------------ from the data
+
+    @classmethod
+    def from_data(cls, data, *, backbone: str | Callable | None = None, scales: Sequence[float] | None = None,
+                  ratios: Sequence[float] | None = None) -> "ModelConfig":
+        """The configuration of a new model for what ``prepare_data`` returned.
+
+        Args:
+            data: ``prepare_data``'s result.
+            backbone: backbone name or function; None: ``'resnet50'``. Keyword only.
+            scales: anchor scales; None: :data:`~geolearn.models.anchors.DEFAULT_SCALES`.
+            ratios: anchor ratios; None: :data:`~geolearn.models.anchors.DEFAULT_RATIOS`.
+        """
+        value_of = {name: value for value, name in data.class_mapping.items()}
+        return cls(
+            class_infos=tuple(ClassInfo(value_of[name], name, tuple(data.color_mapping[value_of[name]]))
+                              for name in data.classes[1:]),
+            chip_size=data.chip_size,
+            normalization=data.normalization,
+            n_bands=data.n_bands,
+            band_names=data.bands,
+            extract_bands=data.extract_bands,
+            resize_to=data.resize_to,
+            zoom=data.zoom,
+            cell_size=getattr(data, "cell_size", None),
+            crs_wkt=getattr(data, "crs_wkt", None),
+            backbone=backbone if backbone is not None else DEFAULT_BACKBONE,
+            scales=scales if scales is not None else DEFAULT_SCALES,
+            ratios=ratios if ratios is not None else DEFAULT_RATIOS,
+        )
+
+    # ------------------------------------------------------------------ the EMD
+
+    def to_emd(self, model_file: str, *, average_precision: Mapping[str, float] | None = None,
+               network_script: str | None = None) -> dict[str, Any]:
+        """The model definition (EMD) of this configuration, as :func:`~geolearn.learn.package.build_emd` writes it.
+
+        Args:
+            model_file: the weights' file name, relative to the EMD (``'<name>.pth'``).
+            average_precision: ``{class name: AP}`` to record, or None. Keyword only.
+            network_script: the package's TorchScript file for the raster function, or None.
+        """
+        return build_emd(
+            model_file=model_file,
+            backbone=self.backbone_name,
+            scales=self.scales,
+            ratios=self.ratios,
+            classes=self.class_infos,
+            chip_size=self.chip_size,
+            extract_bands=self.extract_bands if self.extract_bands is not None else range(self.n_bands),
+            learning_rate=self.learning_rate,
+            resize_to=self.resize_to,
+            zoom=self.zoom,
+            is_multispectral=not self.normalization.imagenet,
+            normalization=self.normalization,
+            average_precision=average_precision,
+            n_bands=self.n_bands,
+            band_names=self.band_names,
+            cell_size=self.cell_size,
+            crs_wkt=self.crs_wkt,
+            threshold=self.threshold,
+            network_script=network_script,
+        )
+
+    @classmethod
+    def from_definition(cls, definition: ModelDefinition) -> "ModelConfig":
+        """The configuration an EMD describes, from what :func:`~geolearn.learn.package.read_emd` read."""
+        return cls(
+            class_infos=tuple(definition.classes),
+            chip_size=definition.chip_size,
+            normalization=definition.normalization,
+            n_bands=definition.n_bands,
+            band_names=definition.band_names,
+            extract_bands=definition.extract_bands,
+            resize_to=definition.resize_to,
+            zoom=definition.zoom,
+            cell_size=definition.cell_size,
+            crs_wkt=definition.crs_wkt,
+            backbone=definition.backbone,
+            scales=definition.scales,
+            ratios=definition.ratios,
+            learning_rate=definition.learning_rate,
+            threshold=definition.threshold,
+        )
+
+    @classmethod
+    def from_emd(cls, path: str | Path) -> "ModelConfig":
+        """The configuration of a saved model: an ``.emd``, a folder holding one, or a ``.dlpk``.
+
+        Raises:
+            FileNotFoundError: no model definition there, or the weights it names are missing.
+            ModelDefinitionError: the EMD cannot be read as a RetinaNet definition.
+        """
+        return cls.from_definition(read_emd(resolve_model(Path(path))[0]))
+
