@@ -115,3 +115,17 @@ def test_fit_records_its_learning_rate_and_threshold_in_the_config(tiny_data, tm
     # The EMD always names the bands read (arcgis.learn's ExtractBands): "all" comes back as the list.
     assert model.config.extract_bands is None
     assert ModelConfig.from_emd(folder) == model.config.replace(extract_bands=(0, 1, 2))
+
+
+def test_the_chip_headers_are_read_once_by_prepare_data(voc_folder, monkeypatch):
+    data = prepare_data(voc_folder, chip_size=48, resize_to=96, batch_size=2, val_split_pct=0.0)
+    assert data.train_ds.sizes == [(CHIP, CHIP)] * len(data.train_ds.images)
+
+    def refuse(path):
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr("geolearn.data.dataset.read_image_info", refuse)
+    monkeypatch.setattr("geolearn.data.images.read_image_info", refuse)
+    fit = RetinaNet.suggest_anchors(data)  # boxes scaled by resize_to / the recorded sides
+    assert len(fit.scales) > 0 and 0 < fit.coverage <= 1
+    assert ModelConfig.from_data(data).zoom == 96 / CHIP

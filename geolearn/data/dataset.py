@@ -18,7 +18,7 @@ from fastai.vision.all import TensorBBox, TensorImage, TensorMultiCategory
 from torch.utils.data import Dataset
 
 from geolearn.data.boxes import pixel_to_unit
-from geolearn.data.images import read_chip
+from geolearn.data.images import read_chip, read_image_info
 from geolearn.data.labels import ChipLabels
 from geolearn.data.normalization import Normalization
 from geolearn.data.transforms import center_crop_origin, crop, pad_to, random_crop_origin, resize
@@ -40,6 +40,8 @@ class ChipDataset(Dataset):
         resize_to: squish each chip to this side before cropping, or None.
         bands: 0-based bands to read, or None for all.
         seed: seeds the random crops (one generator per dataset).
+        sizes: per chip, its ``(height, width)`` in pixels as exported; None: read from the
+            chips' headers here (``prepare_data`` passes what its reader read).
 
     An item is ``(TensorImage[C, S, S] float32 in [0, 1], TensorBBox[N, 4] xyxy in [-1, 1],
     TensorMultiCategory[N] int64)`` with ``S = chip_size``: the chip is squished to
@@ -72,10 +74,13 @@ class ChipDataset(Dataset):
     resize_to: int | None = None
     bands: Sequence[int] | None = None
     seed: int = 42
+    sizes: Sequence[tuple[int, int]] | None = None
 
     n_inp = 1  # fastai: the first element of an item is the input, the rest are targets
 
     def __post_init__(self) -> None:
+        if self.sizes is None:
+            self.sizes = [(info.height, info.width) for info in map(read_image_info, self.images)]
         self._index = {name: i for i, name in enumerate(self.classes)}
         self._generator = torch.Generator().manual_seed(self.seed)
 

@@ -373,7 +373,7 @@ def prepare_data(
         roots[0],
     )
 
-    def dataset(indices: Sequence[int], source_images, source_labels, train: bool) -> ChipDataset:
+    def dataset(indices: Sequence[int], source_images, source_labels, source_infos, train: bool) -> ChipDataset:
         return ChipDataset(
             [source_images[i] for i in indices],
             [source_labels[i] for i in indices],
@@ -384,13 +384,15 @@ def prepare_data(
             resize_to=resize_to,
             bands=extract_bands,
             seed=seed,
+            sizes=[(source_infos[i].height, source_infos[i].width) for i in indices],  # the headers read above
         )
 
-    train_ds = dataset(train_idx, images, labels, True)
+    train_ds = dataset(train_idx, images, labels, infos, True)
     if valid_folder is not None:
-        valid_ds = dataset(range(len(valid_folder.images)), valid_folder.images, valid_folder.labels, False)
+        valid_ds = dataset(range(len(valid_folder.images)), valid_folder.images, valid_folder.labels,
+                           valid_folder.infos, False)
     else:
-        valid_ds = dataset(valid_idx, images, labels, False)
+        valid_ds = dataset(valid_idx, images, labels, infos, False)
 
     n_bands = len(extract_bands) if extract_bands is not None else folders[0].infos[0].count
     train_tfms, valid_tfms = _parse_transforms(transforms, n_bands)
@@ -404,7 +406,8 @@ def prepare_data(
     test_path = kwargs.get("test_path")
     if test_path:
         test_folder = read_folder(test_path, dataset_type, class_mapping)
-        test_ds = dataset(range(len(test_folder.images)), test_folder.images, test_folder.labels, False)
+        test_ds = dataset(range(len(test_folder.images)), test_folder.images, test_folder.labels,
+                          test_folder.infos, False)
 
     train_dl = TfmdDL(train_ds, shuffle=True, drop_last=len(train_ds) > batch_size,
                       after_batch=[*train_tfms, normalize], **loader_args)
@@ -430,7 +433,7 @@ def prepare_data(
     data.bands = list(kwargs["bands"]) if kwargs.get("bands") else None
     data.rgb_bands = resolve_rgb_bands(kwargs.get("rgb_bands"), data.bands, n_bands)
     data.resize_to = resize_to
-    data.zoom = _zoom(resize_to, [infos[i].width for i in train_idx])  # from the headers read above
+    data.zoom = _zoom(resize_to, [width for _, width in train_ds.sizes])
     # Ground sample distance and CRS of the training imagery (from the export), for the model's EMD.
     export_emd = folders[0].emd or {}
     data.cell_size = export_emd.get("MinCellSize", export_emd.get("CellSize"))

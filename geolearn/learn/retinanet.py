@@ -30,7 +30,7 @@ from torch import Tensor
 from geolearn.data.boxes import pixel_to_unit
 from geolearn.data.esri import DATASET_TYPES, ClassInfo
 from geolearn.data.georef import detections_frame, resolve_output, write_features
-from geolearn.data.images import read_chip, read_image_info
+from geolearn.data.images import read_chip
 from geolearn._version import __version__
 from geolearn.errors import GeolearnWarning, OutputExistsError
 from geolearn.learn.evaluation import DetectionSettings, evaluate
@@ -330,15 +330,14 @@ class RetinaNet:
             An ``AnchorFit`` with ``scales``, ``ratios`` and the ``coverage`` they reach.
         """
         boxes = []
-        for image, labels in zip(data.train_ds.images, data.train_ds.labels):
+        for labels, (height, width) in zip(data.train_ds.labels, data.train_ds.sizes):
             chip_boxes = labels.chip_boxes
-            info = read_image_info(image)
             # Boxes cut by the chip's edge show part of an object; the loss ignores them, so
             # anchors are fitted to the whole ones.
-            chip_boxes = chip_boxes[~cut_by_edge(pixel_to_unit(chip_boxes, info.height, info.width))]
+            chip_boxes = chip_boxes[~cut_by_edge(pixel_to_unit(chip_boxes, height, width))]
             if data.resize_to:
                 # Chips are squished to resize_to before cropping (geolearn.data.transforms.resize).
-                scale = torch.tensor([data.resize_to / info.width, data.resize_to / info.height] * 2)
+                scale = torch.tensor([data.resize_to / width, data.resize_to / height] * 2)
                 chip_boxes = chip_boxes * scale
             boxes.append(chip_boxes)
         return suggest_anchors(boxes, data.chip_size, target=target)
@@ -490,7 +489,7 @@ class RetinaNet:
         Detections are made as ``detect_objects`` makes them (NMS 0.1) down to
         ``CALIBRATION_FLOOR``; no detection leaves the threshold unset (0.5).
         """
-        settings = DetectionSettings(self.anchors, self._data.chip_size, CALIBRATION_FLOOR, 0.1, CALIBRATION_IOU)
+        settings = DetectionSettings(self.anchors, self._config.chip_size, CALIBRATION_FLOOR, 0.1, CALIBRATION_IOU)
         predictions, targets = evaluate(self.model, self._data.valid, settings, self._precision_dtype(), False)
         curve = precision_recall(predictions, targets, iou_thresh=CALIBRATION_IOU, cls=None)
         cut = curve.best_f1_cut(floor=CALIBRATION_FLOOR)
@@ -569,12 +568,12 @@ class RetinaNet:
             ``{class name: AP}`` for classes with ground truth, or their mean.
         """
         self._require_data("average_precision_score")
-        settings = DetectionSettings(self.anchors, self._data.chip_size, detect_thresh, nms_overlap, iou_thresh)
+        settings = DetectionSettings(self.anchors, self._config.chip_size, detect_thresh, nms_overlap, iou_thresh)
         predictions, targets = evaluate(self.model, self._data.valid, settings, self._precision_dtype(), show_progress)
         ap = average_precision(predictions, targets, iou_thresh=iou_thresh)
         if mean:
             return mean_average_precision(ap)
-        return {self._data.classes[index]: value for index, value in sorted(ap.items())}
+        return {self._config.classes[index]: value for index, value in sorted(ap.items())}
 
     # ------------------------------------------------------------------ weights and packages
 
