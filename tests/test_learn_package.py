@@ -34,7 +34,7 @@ def test_save_writes_the_package(model, tiny_data):
     emd = json.loads((folder / "pools.emd").read_text())
     assert emd["ModelFile"] == "pools.pth" and emd["ModelParameters"]["backbone"] == "resnet18"
     assert [c["Name"] for c in emd["Classes"]] == ["pool", "tree"]
-    assert set(emd["average_precision_score"]) <= {"pool", "tree"}
+    assert set(emd["average_precision_score"]) == {"pool", "tree"}  # both have validation ground truth
     with zipfile.ZipFile(folder / "pools.dlpk") as archive:
         assert "pools.emd" in archive.namelist() and "pools.pth" in archive.namelist()
 
@@ -46,6 +46,7 @@ def test_from_model_predicts_identically(model, tmp_path, form):
     loaded = RetinaNet.from_model(source)
     image = np.moveaxis(chip_pixels([[10, 10, 30, 20]], size=160), 0, -1)
     expected = model.predict(image, threshold=0.2, batch_size=4)
+    assert len(expected[0]) > 0  # two empty results would agree whatever was loaded
     assert loaded.predict(image, threshold=0.2, batch_size=4) == expected
     assert loaded.scales == model.scales and loaded.ratios == model.ratios
 
@@ -68,7 +69,7 @@ def test_a_model_without_data_predicts_and_saves_but_does_not_train(model, tmp_p
 def test_predict_reads_files_and_returns_xywh_boxes_and_names(model, tmp_path):
     path = write_image(tmp_path / "scene.png", chip_pixels([[40, 50, 70, 60]], size=200))
     boxes, labels, scores = model.predict(path, threshold=0.2)
-    assert len(boxes) == len(labels) == len(scores)
+    assert len(boxes) == len(labels) == len(scores) > 0
     for (x, y, w, h), label in zip(boxes, labels):
         assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 200 + 1e-4 and y + h <= 200 + 1e-4
         assert label in ("pool", "tree")
