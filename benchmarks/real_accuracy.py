@@ -373,7 +373,8 @@ def train_bare(chips: Path, budget: dict, seed: int = 0) -> tuple[nn.Module, flo
     ``fit`` would set, the best-F1 cut on the same validation chips (:func:`calibrate_bare`);
     a fixed 0.5 kept nothing of a model whose scores never reach it."""
     torch.manual_seed(seed)
-    data = prepare_data(chips, chip_size=CHIP, batch_size=8, transforms=False)  # reads chips and labels only
+    # Reads chips and labels only; the same train/validation split as geolearn's run of this seed.
+    data = prepare_data(chips, chip_size=CHIP, batch_size=8, transforms=False, seed=DATA_SEED + seed)
     dataset = ChipDataset(data.train_ds.images, data.train_ds.labels, data.classes, CHIP, data.normalization,
                           train=True, seed=seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, drop_last=True,
@@ -647,7 +648,7 @@ def main() -> None:
         if args.label and not args.from_model:
             model.save(WORK / "models" / args.label, compute_metrics=False)
     if args.only != "geolearn":
-        model, trained, epochs, threshold = train_bare(chips, bare_budget)
+        model, trained, epochs, threshold = train_bare(chips, bare_budget, seed=args.seed)
         for variant in [None, *nms_values]:
             method = "bare torchvision" if variant is None else f"bare nms {variant}"
             nms = settings["detect"].get("nms_overlap", NMS_OVERLAP) if variant is None else variant
