@@ -9,7 +9,7 @@ one export's peak never hides another's. The goal is a peak-RSS ratio of about
 1.0 between the large and the sample scene: windowed reading must keep memory
 independent of the raster's size.
 
-The generated scene (``geolearn.data.synthetic.make_scene``) and the exports go to
+The generated scene (``geolearn.sample.make_scene``) and the exports go to
 ``benchmarks/_work/`` (git-ignored); the scene is generated once and reused.
 """
 
@@ -81,7 +81,7 @@ def run_export(name: str, raster: Path, labels: Path) -> dict:
 
 def generated_scene(size: int, seed: int) -> tuple[Path, Path]:
     """The generated scene's raster and labels, made on first use."""
-    from geolearn.data.synthetic import make_scene
+    from geolearn.sample import make_scene
 
     folder = WORK / f"scene_{size}_seed{seed}"
     done = folder / "done.json"

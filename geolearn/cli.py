@@ -44,7 +44,7 @@ MIN_OVERLAP = 0.25
 
 def _find_sample_scene(explicit: Path | None, out: Path) -> tuple[Path, Path]:
     """The sample scene's raster and labels: given, in ./sample_data, next to the package, or generated."""
-    from geolearn.data.synthetic import make_scene
+    from geolearn.sample import make_scene
 
     candidates = [explicit] if explicit else [Path("sample_data"), Path(__file__).resolve().parents[1] / "sample_data"]
     for folder in candidates:
@@ -561,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompt is:
 
         >>> import tempfile
-        >>> from geolearn.data.synthetic import make_scene
+        >>> from geolearn.sample import make_scene
         >>> scene = make_scene(tempfile.mkdtemp(), size=512, seed=0)  # a 512 x 512 px GeoTIFF and its labels
         >>> folder = scene.raster.parent
         >>> main(["export", str(scene.raster), str(scene.labels), str(folder / "chips"),

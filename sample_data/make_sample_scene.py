@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 try:
-    from geolearn.data.synthetic import make_scene
+    from geolearn.sample import make_scene
 except ModuleNotFoundError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from geolearn.data.synthetic import make_scene
+    from geolearn.sample import make_scene
 
 
 def main(argv: list[str] | None = None) -> None:

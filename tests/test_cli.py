@@ -10,7 +10,7 @@ import geopandas as gpd
 import pytest
 
 from geolearn.cli import main
-from geolearn.data.synthetic import make_scene
+from geolearn.sample import make_scene
 
 
 def test_demo_exports_prepares_and_draws(tmp_path, capsys):

@@ -46,7 +46,6 @@ MODULES = [
     "geolearn.data.normalization",
     "geolearn.data.prepare",
     "geolearn.data.raster_windows",
-    "geolearn.data.synthetic",
     "geolearn.data.tiling",
     "geolearn.data.transforms",
     "geolearn.models",
@@ -67,11 +66,14 @@ MODULES = [
     "geolearn.learn.precision",
     "geolearn.learn.callbacks",
     "geolearn.learn.retinanet",
+    "geolearn.learn.config",
     "geolearn.inference.detect",
     "geolearn.inference.distributed",
     "geolearn.inference.merge",
     "geolearn.viz",
     "geolearn.cli",
+    "geolearn.sample",
+    "geolearn.sample.scene",
 ]
 
 # Modules whose docstrings hold no example of their own (a package re-exporting its modules' names).

@@ -142,7 +142,7 @@ def test_torchscript_package_gives_the_same_outputs(model, tmp_path):
 
 def test_the_package_records_the_training_imagerys_cell_size_and_crs(tmp_path):
     from geolearn import export_training_data
-    from geolearn.data.synthetic import make_scene
+    from geolearn.sample import make_scene
 
     scene = make_scene(tmp_path / "scene", size=512, seed=1)
     chips = export_training_data(str(scene.raster), str(scene.labels), output_location=str(tmp_path / "chips"),

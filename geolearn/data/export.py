@@ -214,7 +214,7 @@ def export_training_data(
 
     Examples:
         >>> import tempfile
-        >>> from geolearn.data.synthetic import make_scene
+        >>> from geolearn.sample import make_scene
         >>> scene = make_scene(tempfile.mkdtemp(), size=512, seed=0)  # a 512 x 512 px GeoTIFF
         >>> chips = export_training_data(scene.raster, scene.labels, output_location=scene.raster.parent / "chips",
         ...                              tile_size=128, stride_size=128, progress=False)

@@ -100,7 +100,7 @@ def read_raster_info(path: str | Path) -> RasterInfo:
 
     Examples:
         >>> import tempfile
-        >>> from geolearn.data.synthetic import make_scene
+        >>> from geolearn.sample import make_scene
         >>> info = read_raster_info(make_scene(tempfile.mkdtemp(), size=256).raster)
         >>> info.width, info.height, info.count, info.dtype, info.crs.to_epsg(), info.nodata
         (256, 256, 3, 'uint8', 32633, 0.0)
@@ -218,7 +218,7 @@ class WindowReader:
 
     Examples:
         >>> import tempfile
-        >>> from geolearn.data.synthetic import make_scene
+        >>> from geolearn.sample import make_scene
         >>> raster = make_scene(tempfile.mkdtemp(), size=256).raster
         >>> windows = [(0, 0, 128), (128, 0, 128), (200, 200, 128), (-500, 0, 128)]  # the last misses the raster
         >>> reader = WindowReader(raster, windows, batch_size=2)

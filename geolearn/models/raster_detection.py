@@ -125,7 +125,7 @@ def detect_raster(
 
     Examples:
         >>> import tempfile
-        >>> from geolearn.data.synthetic import make_scene
+        >>> from geolearn.sample import make_scene
         >>> from geolearn.models.postprocess import Detections
         >>> raster = make_scene(tempfile.mkdtemp(), size=256).raster  # 256 × 256 px, EPSG:32633
         >>> def run_batch(crops):  # a stub detector: an 8 px box at the centre of every window

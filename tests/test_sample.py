@@ -13,7 +13,7 @@ import shapely
 from rasterio.features import rasterize
 from rasterio.transform import Affine
 
-from geolearn.data.synthetic import CLASSES, SceneFiles, make_scene
+from geolearn.sample import CLASSES, SceneFiles, make_scene
 
 SIZE = 512
 SEED = 8  # a 512 px scene with ~10 pools and ~40 trees
