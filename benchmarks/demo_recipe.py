@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))  # runlog, beside this script
 import runlog  # noqa: E402
 
 from geolearn import prepare_data  # noqa: E402
-from geolearn.cli import AP_DETECT_THRESH, CHIP_PX, DENSE_NMS_OVERLAP  # noqa: E402
+from geolearn.sample.demo import AP_DETECT_THRESH, CHIP_PX, DENSE_NMS_OVERLAP  # noqa: E402
 from geolearn.data.transforms import default_batch_transforms  # noqa: E402
 from geolearn.learn.evaluation import DetectionSettings, evaluate  # noqa: E402
 from geolearn.learn.retinanet import RetinaNet  # noqa: E402

@@ -74,6 +74,7 @@ MODULES = [
     "geolearn.cli",
     "geolearn.sample",
     "geolearn.sample.scene",
+    "geolearn.sample.demo",
 ]
 
 # Modules whose docstrings hold no example of their own (a package re-exporting its modules' names).
