@@ -20,6 +20,14 @@ def test_demo_exports_prepares_and_draws(tmp_path, capsys):
     assert (out / "chips" / "esri_model_definition.emd").exists()
     assert (out / "show_batch.png").stat().st_size > 10_000
     assert "classes ['background', 'pool', 'tree']" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # trains for an epoch, saves, predicts and detects: minutes on 2 cores
+def test_demo_runs_the_whole_workflow(tmp_path, capsys):
+    scene = make_scene(tmp_path / "scene", size=1280, seed=5, name="sample_scene")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--sample-data", str(scene.raster.parent), "--epochs", "0"]) == 0
+    capsys.readouterr()
     # Running it again reuses its own output folder; this time it trains briefly too.
     assert main(["demo", "--out", str(out), "--sample-data", str(scene.raster.parent),
                  "--epochs", "1", "--lr-find-batches", "5"]) == 0
