@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from geolearn import export_training_data, prepare_data
 from geolearn.data.boxes import unit_to_pixel
-from geolearn.data.synthetic import make_scene
+from geolearn.sample import make_scene
 
 REPO = Path(__file__).resolve().parents[1]
 
