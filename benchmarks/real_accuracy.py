@@ -376,7 +376,7 @@ def train_bare(chips: Path, budget: dict, seed: int = 0) -> tuple[nn.Module, flo
     # Reads chips and labels only; the same train/validation split as geolearn's run of this seed.
     data = prepare_data(chips, chip_size=CHIP, batch_size=8, transforms=False, seed=DATA_SEED + seed)
     dataset = ChipDataset(data.train_ds.images, data.train_ds.labels, data.classes, CHIP, data.normalization,
-                          train=True, seed=seed)
+                          train=True, seed=seed, sizes=data.train_ds.sizes)  # the headers prepare_data read
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, drop_last=True,
                                          collate_fn=lambda items: items)
     model = bare_model().train().to(memory_format=torch.channels_last)
