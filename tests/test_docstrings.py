@@ -62,6 +62,7 @@ MODULES = [
     "geolearn.metrics",
     "geolearn.errors",
     "geolearn.learn.package",
+    "geolearn.learn.emd",
     "geolearn.learn.evaluation",
     "geolearn.learn.precision",
     "geolearn.learn.callbacks",

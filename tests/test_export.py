@@ -150,7 +150,7 @@ def test_non_square_pixels_in_web_mercator_and_flush_last_window(tmp_path):
         assert chip.transform == Affine(2, 0, 1_000_056, 0, -3, 2_000_000)
     emd = json.loads((root / "esri_model_definition.emd").read_text())
     assert (emd["ImageWidth"], emd["ImageHeight"]) == (32, 16)
-    assert emd["CellSize"] == {"x": 2.0, "y": 3.0, "spatialReference": {"wkid": 3857}}
+    assert emd["CellSize"] == {"x": 2.0, "y": 3.0, "spatialReference": {"wkid": 3857, "latestWkid": 3857}}
 
 
 def test_labels_in_wgs84_land_on_the_same_pixels_as_in_utm(tmp_path, utm_raster, caplog):
@@ -359,7 +359,7 @@ def test_emd_stats_and_map_contents(tmp_path):
         {"Value": 2, "Name": "tree", "Color": list(default_color(2))},
         {"Value": 5, "Name": "car", "Color": list(default_color(5))},
     ]
-    assert emd["CellSize"] == emd["MinCellSize"] == {"x": 0.5, "y": 0.5, "spatialReference": {"wkid": 32633}}
+    assert emd["CellSize"] == emd["MinCellSize"] == {"x": 0.5, "y": 0.5, "spatialReference": {"wkid": 32633, "latestWkid": 32633}}
     assert emd["geolearn"]["tile_size"] == {"x": 32, "y": 32}
     assert emd["geolearn"]["stride_size"] == {"x": 16, "y": 16}
     assert emd["geolearn"]["chip_format"] == "TIFF"

@@ -152,7 +152,7 @@ def test_the_package_records_the_training_imagerys_cell_size_and_crs(tmp_path):
     folder = model.save(tmp_path / "m", compute_metrics=False)
     emd = json.loads((folder / "m.emd").read_text())
     assert emd["MinCellSize"]["x"] == pytest.approx(0.3)
-    assert emd["MinCellSize"]["spatialReference"] == {"wkid": 32633}
+    assert emd["MinCellSize"]["spatialReference"] == {"wkid": 32633, "latestWkid": 32633}
     assert "UTM zone 33N" in emd["geolearn"]["crs_wkt"]
     loaded = RetinaNet.from_model(folder)
     assert loaded.config.crs_wkt == emd["geolearn"]["crs_wkt"]

@@ -16,13 +16,9 @@ import geolearn.learn.package as package
 from geolearn.data.esri import ClassInfo
 from geolearn.data.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalization
 from geolearn.errors import ModelDefinitionError, OutputExistsError
-from geolearn.learn.package import (
-    build_emd,
-    load_state_dict,
-    read_emd,
-    resolve_model,
-    save_package,
-)
+from geolearn.learn.config import ModelConfig
+from geolearn.learn.emd import PRO_INFERENCE_FUNCTION, build_emd, read_emd
+from geolearn.learn.package import load_state_dict, resolve_model, save_package
 
 # The EMD keys of CONTRACT §4 ("The model definition (.emd) that save() writes") and the JSON
 # types arcgis.learn 2.4 writes them with (its _get_emd_params / _create_emd_template), written
@@ -92,14 +88,19 @@ def _cache(tmp_path, monkeypatch):
 
 
 def rgb_emd(**overrides):
+    """An EMD through build_emd: ModelConfig's fields and build_emd's own arguments, by name."""
     kwargs = dict(
         model_file="pools.pth", backbone="resnet18", scales=SCALES, ratios=RATIOS, classes=CLASSES,
-        chip_size=64, learning_rate=1e-3, resize_to=None, extract_bands=[0, 1, 2], is_multispectral=False,
+        chip_size=64, learning_rate=1e-3, resize_to=None, extract_bands=[0, 1, 2],
         normalization=Normalization.for_rgb8(), average_precision={"pool": 0.75, "tree": 0.5},
         cell_size=0.3, crs_wkt=UTM33N_WKT, extras={"dataset_type": "PASCAL_VOC_rectangles"},
     )
     kwargs.update(overrides)
-    return build_emd(**kwargs)
+    kwargs.pop("is_multispectral", None)  # follows from the normalisation: any but ImageNet's
+    kwargs["class_infos"] = kwargs.pop("classes")
+    kwargs["n_bands"] = len(kwargs["extract_bands"])
+    own = {name: kwargs.pop(name) for name in list(kwargs) if name not in ModelConfig.__dataclass_fields__}
+    return build_emd(ModelConfig(**kwargs), **own)
 
 
 def ms_normalization() -> Normalization:
@@ -250,9 +251,9 @@ def test_geolearn_extras_live_under_one_geolearn_object() -> None:
 def test_the_calibrated_threshold_round_trips_and_a_bad_one_names_the_key(tmp_path: Path) -> None:
     assert rgb_emd()["geolearn"]["threshold"] is None
     assert read_emd(save_package(tmp_path / "none", "none", state_dict=tiny_state_dict(),
-                                 emd=rgb_emd()) / "none.emd").threshold is None
+                                 emd=rgb_emd()) / "none.emd").config.threshold is None
     folder = save_package(tmp_path / "t", "t", state_dict=tiny_state_dict(), emd=rgb_emd(threshold=0.27))
-    assert read_emd(folder / "t.emd").threshold == 0.27
+    assert read_emd(folder / "t.emd").config.threshold == 0.27
     with pytest.raises(ValueError, match=r"threshold=1\.2: a detection score between 0 and 1"):
         rgb_emd(threshold=1.2)
     emd = rgb_emd()
@@ -362,33 +363,35 @@ def test_read_emd_round_trips_build_emd(tmp_path: Path) -> None:
     emd = rgb_emd(extract_bands=[0, 2, 3, 5], is_multispectral=True, normalization=norm, resize_to=80,
                   zoom=1.25, band_names=["b1", "b3", "b4", "b6"], learning_rate=3e-4)
     folder = save_package(tmp_path / "ms", "ms", state_dict=tiny_state_dict(), emd=emd)
-    model = read_emd(folder / "ms.emd")
-    assert model.path == folder / "ms.emd" and model.model_file == folder / "ms.pth"
-    assert model.backbone == "resnet18" and model.scales == SCALES and model.ratios == RATIOS
-    assert model.classes == CLASSES and model.class_mapping == {1: "pool", 2: "tree"}
+    definition = read_emd(folder / "ms.emd")
+    model = definition.config
+    assert definition.path == folder / "ms.emd" and definition.model_file == folder / "ms.pth"
+    assert model.backbone == "resnet18" and model.scales == tuple(SCALES) and model.ratios == tuple(RATIOS)
+    assert model.class_infos == tuple(CLASSES) and definition.class_mapping == {1: "pool", 2: "tree"}
     assert model.chip_size == 64 and model.resize_to == 80 and model.zoom == 1.25
-    assert model.extract_bands == [0, 2, 3, 5] and model.n_bands == 4 and model.is_multispectral
+    assert model.extract_bands == (0, 2, 3, 5) and model.n_bands == 4 and definition.is_multispectral
     assert model.normalization == norm
-    assert model.band_names == ["b1", "b3", "b4", "b6"]
+    assert model.band_names == ("b1", "b3", "b4", "b6")
     assert model.learning_rate == pytest.approx(3e-4)
-    assert model.average_precision == {"pool": 0.75, "tree": 0.5}
+    assert definition.average_precision == {"pool": 0.75, "tree": 0.5}
     assert model.cell_size == 0.3 and model.crs_wkt == UTM33N_WKT
-    assert model.written_by_geolearn and model.geolearn["dataset_type"] == "PASCAL_VOC_rectangles"
+    assert definition.written_by_geolearn and definition.geolearn["dataset_type"] == "PASCAL_VOC_rectangles"
 
 
 def test_read_emd_of_an_arcgis_learn_model_uses_defaults(tmp_path: Path) -> None:
     emd_path = arcgis_style_emd(tmp_path / "arcgis_model")
-    model = read_emd(emd_path)
-    assert model.model_file == tmp_path / "arcgis_model" / "arcgis_model.pth"
-    assert model.classes == [ClassInfo(1, "pool", (12, 34, 56)), ClassInfo(5, "tree", package_default_color(5))]
-    assert model.backbone == "resnet50" and model.scales == [1.0, 0.7937, 0.63] and model.ratios == [0.5, 1.0, 2.0]
-    assert model.chip_size == 256 and model.extract_bands == [0, 1, 2] and model.n_bands == 3
-    assert not model.is_multispectral and model.normalization == Normalization.for_rgb8()
+    definition = read_emd(emd_path)
+    model = definition.config
+    assert definition.model_file == tmp_path / "arcgis_model" / "arcgis_model.pth"
+    assert model.class_infos == (ClassInfo(1, "pool", (12, 34, 56)), ClassInfo(5, "tree", package_default_color(5)))
+    assert model.backbone == "resnet50" and model.scales == (1.0, 0.7937, 0.63) and model.ratios == (0.5, 1.0, 2.0)
+    assert model.chip_size == 256 and model.extract_bands == (0, 1, 2) and model.n_bands == 3
+    assert not definition.is_multispectral and model.normalization == Normalization.for_rgb8()
     assert model.normalization.mean == IMAGENET_MEAN and model.normalization.std == IMAGENET_STD
     assert model.learning_rate == pytest.approx(1e-4)  # the top of the slice
-    assert model.average_precision is None and model.resize_to is None and model.zoom == 1.0
+    assert definition.average_precision is None and model.resize_to is None and model.zoom == 1.0
     assert model.cell_size == 0.3 and model.crs_wkt is None
-    assert model.geolearn == {} and not model.written_by_geolearn
+    assert definition.geolearn == {} and not definition.written_by_geolearn
     assert resolve_model(emd_path.parent)[0] == emd_path
 
 
@@ -406,10 +409,10 @@ def test_read_emd_minimal_arcgis_emd(tmp_path: Path) -> None:
     (folder / "old.emd").write_text(json.dumps({
         "ModelFile": "old.pth", "ImageWidth": 224, "Classes": [{"Value": 1, "Name": "car"}], "LearningRate": "0.0",
     }))
-    model = read_emd(folder / "old.emd")
+    model = read_emd(folder / "old.emd").config
     assert model.backbone == "resnet50"
-    assert model.scales == pytest.approx([1, 2 ** (-1 / 3), 2 ** (-2 / 3)]) and model.ratios == [0.5, 1.0, 2.0]
-    assert model.chip_size == 224 and model.extract_bands == [0, 1, 2]
+    assert model.scales == pytest.approx([1, 2 ** (-1 / 3), 2 ** (-2 / 3)]) and model.ratios == (0.5, 1.0, 2.0)
+    assert model.chip_size == 224 and model.extract_bands == (0, 1, 2)
     assert model.learning_rate is None and model.cell_size is None
 
 
@@ -423,8 +426,9 @@ def test_read_emd_of_an_arcgis_multispectral_model(tmp_path: Path) -> None:
     emd_path = arcgis_style_emd(tmp_path / "ms", IsMultispectral=True, ExtractBands=[0, 1, 2, 3],
                                 Bands=["red", "green", "blue", "nir"], ImageryType="ms",
                                 NormalizationStats=stats, DoNormalize=True)
-    model = read_emd(emd_path)
-    assert model.is_multispectral and model.n_bands == 4 and model.band_names == ["red", "green", "blue", "nir"]
+    definition = read_emd(emd_path)
+    model = definition.config
+    assert definition.is_multispectral and model.n_bands == 4 and model.band_names == ("red", "green", "blue", "nir")
     assert model.normalization == Normalization((0.0,) * 4, (4000.0, 4000.0, 4000.0, 8000.0),
                                                 (0.2, 0.225, 0.25, 0.375), (0.05, 0.05, 0.05, 0.1), False)
 
@@ -471,7 +475,7 @@ def test_missing_weights_and_broken_json(tmp_path: Path) -> None:
     (emd_path.parent / "arcgis_model.pth").unlink()
     with pytest.raises(FileNotFoundError, match=r"ModelFile 'arcgis_model.pth' .* does not exist"):
         read_emd(emd_path)
-    assert read_emd(emd_path, require_model_file=False).chip_size == 256
+    assert read_emd(emd_path, require_model_file=False).config.chip_size == 256
     emd_path.write_text("{not json")
     with pytest.raises(ModelDefinitionError, match="not valid JSON"):
         read_emd(emd_path)
@@ -654,7 +658,7 @@ def test_save_package_rejects_bad_arguments(tmp_path: Path) -> None:
 def test_only_geolearns_raster_function_is_shipped_and_a_0_1_folder_is_replaceable(tmp_path: Path) -> None:
     # An EMD pointing Pro at its own copy of Esri's script ships no script of ours.
     folder = save_package(tmp_path / "esri", "esri", state_dict=tiny_state_dict(),
-                          emd=rgb_emd(inference_function=package.PRO_INFERENCE_FUNCTION))
+                          emd=rgb_emd(inference_function=PRO_INFERENCE_FUNCTION))
     assert not (folder / "GeolearnObjectDetector.py").exists()
     # A folder saved by geolearn 0.1 held Esri's script name: a new save may replace it.
     old = tmp_path / "pools"

@@ -27,7 +27,7 @@ from rasterio.windows import Window
 
 from conftest import TINY_CHIPS, firing_retinanet, make_folder
 from geolearn import prepare_data
-from geolearn.learn.package import INFERENCE_FUNCTION, read_emd
+from geolearn.learn.emd import INFERENCE_FUNCTION, read_emd
 from geolearn.learn.retinanet import RetinaNet
 from geolearn.models import raster_function
 from geolearn.models.predictor import plan_windows
@@ -254,7 +254,7 @@ def test_a_package_written_by_geolearn_0_1_still_loads_and_predicts(rgb_package,
         for file in old.iterdir():
             archive.write(file, file.name)
     loaded = RetinaNet.from_model(tmp_path / "old.dlpk")
-    assert read_emd(old / "old.emd").threshold is None and loaded.threshold == 0.5
+    assert read_emd(old / "old.emd").config.threshold is None and loaded.threshold == 0.5
     loaded.mixed_precision = False
     tile = _scene_tile(300, 400, CHIP, CHIP).transpose(1, 2, 0)
     assert loaded.predict(tile, threshold=0.3) == model.predict(tile, threshold=0.3)

@@ -54,6 +54,7 @@ from geolearn.data.esri import (
     write_json,
     write_map_txt,
 )
+from geolearn.data.georef import esri_spatial_reference
 from geolearn.data.labels import ChipLabels, write_kitti, write_voc
 from geolearn.data.tiling import chip_windows, normalize_size
 from geolearn.errors import (
@@ -932,19 +933,12 @@ def _write_labels(path: Path, labels: ChipLabels, image_name: str, shape: tuple[
 # ----------------------------------------------------------------------------- metadata
 
 
-def _spatial_reference(crs: CRS | None) -> dict[str, Any]:
-    if crs is None:
-        return {}
-    epsg = crs.to_epsg()
-    return {"wkid": epsg} if epsg is not None else {"wkt": crs.to_wkt()}
-
-
 def _write_metadata(root: Path, src: DatasetReader, raster_path: Path, classes: list[ClassInfo],
                     options: _Options, tally: _Tally) -> None:
     """Writes the EMD, the accumulated stats and the human-readable summary."""
     stats = tally.band_stats
     cell_size = {"x": src.res[0], "y": src.res[1]}
-    spatial_reference = _spatial_reference(src.crs)
+    spatial_reference = esri_spatial_reference(src.crs)
     if spatial_reference:
         cell_size["spatialReference"] = spatial_reference
     tile_x, tile_y = options.tile

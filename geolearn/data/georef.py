@@ -10,7 +10,8 @@ exact quadrilateral it covers on the ground, a rotated one under a rotated affin
 :func:`detections_frame` builds the layer ArcGIS's "Detect Objects Using Deep Learning" writes
 (polygons with ``Class`` and ``Confidence`` = score × 100) and :func:`write_features` writes it
 as GeoPackage, GeoJSON, Shapefile or GeoParquet, with an explicit driver and without ever
-replacing a file that was not given up for it.
+replacing a file that was not given up for it. :func:`esri_spatial_reference` is how every
+file geolearn writes for ArcGIS (the export's and the model's EMD) names a CRS.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import pandas as pd
 import shapely
 import torch
 from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from torch import Tensor
 
 from geolearn.errors import OutputExistsError
@@ -34,6 +37,7 @@ __all__ = [
     "boxes_to_polygons",
     "polygons_to_boxes",
     "detections_frame",
+    "esri_spatial_reference",
     "resolve_output",
     "write_features",
 ]
@@ -52,6 +56,28 @@ DRIVERS = {
 _PARQUET = "GeoParquet"
 # The files an ESRI Shapefile consists of besides the .shp: replaced together with it.
 _SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".shp.xml")
+
+
+def esri_spatial_reference(crs: CRS | str | None) -> dict[str, Any] | None:
+    """Esri JSON's spatial reference of a CRS (a rasterio ``CRS`` or WKT), or None without one.
+
+    ``{"wkid": EPSG, "latestWkid": EPSG}`` when the CRS has an EPSG code, else ``{"wkt": WKT}``
+    (a WKT that cannot be parsed is kept as it is: ArcGIS reports what it cannot read).
+
+    Examples:
+        >>> esri_spatial_reference(CRS.from_epsg(32633))
+        {'wkid': 32633, 'latestWkid': 32633}
+        >>> esri_spatial_reference(None) is None
+        True
+    """
+    if not crs:
+        return None
+    try:
+        parsed = crs if isinstance(crs, CRS) else CRS.from_wkt(crs)
+        epsg = parsed.to_epsg()
+    except CRSError:
+        return {"wkt": crs}
+    return {"wkid": epsg, "latestWkid": epsg} if epsg is not None else {"wkt": parsed.to_wkt()}
 
 
 def _affine_coefficients(transform: Affine | Sequence[float]) -> tuple[float, float, float, float, float, float]:

@@ -74,11 +74,15 @@ def load_cached_model(package: str | os.PathLike) -> Any:
     Examples:
         >>> import tempfile
         >>> from geolearn.data.esri import ClassInfo
-        >>> from geolearn.learn.package import build_emd, save_package
+        >>> from geolearn.data.normalization import Normalization
+        >>> from geolearn.learn.config import ModelConfig
+        >>> from geolearn.learn.package import save_package
         >>> from geolearn.models.retinanet import build_retinanet
         >>> network = build_retinanet("resnet18", n_classes=1, pretrained=False, n_anchors=1)  # untrained
-        >>> emd = build_emd(model_file="pools.pth", backbone="resnet18", scales=[1.0], ratios=[1.0],
-        ...                 classes=[ClassInfo(1, "pool", (0, 168, 132))], chip_size=64, extract_bands=[0, 1, 2])
+        >>> config = ModelConfig(class_infos=[ClassInfo(1, "pool", (0, 168, 132))], chip_size=64,
+        ...                      normalization=Normalization.for_rgb8(), n_bands=3, backbone="resnet18",
+        ...                      scales=[1.0], ratios=[1.0])
+        >>> emd = config.to_emd("pools.pth")
         >>> folder = save_package(Path(tempfile.mkdtemp()) / "pools", "pools", state_dict=network.state_dict(), emd=emd)
         >>> model = load_cached_model(folder / "pools.emd")
         >>> type(model).__name__, model.backbone

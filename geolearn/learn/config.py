@@ -6,23 +6,28 @@ anchors, where its training imagery lay, and what training chose (learning rate,
 threshold). :class:`~geolearn.learn.retinanet.RetinaNet` holds one :class:`ModelConfig`;
 :meth:`ModelConfig.from_data` describes what ``prepare_data`` returned, and
 :meth:`~ModelConfig.to_emd` / :meth:`~ModelConfig.from_emd` are its file form, the model
-definition (``.emd``). :mod:`geolearn.learn.package` knows the EMD's keys (arcgis.learn's
-spellings, validation, defaults for arcgis.learn's own files); this module maps them to the
-fields, once in each direction.
+definition (``.emd``), written and read by :mod:`geolearn.learn.emd` (arcgis.learn's spellings,
+validation, defaults for arcgis.learn's own files).
+
+A configuration is checked when it is made: a value no network or EMD could use (a chip size of
+0, a negative anchor scale, a threshold of 1.2, statistics for the wrong number of bands) is a
+``ValueError`` naming the field, here, and not a failure later in training or in ArcGIS Pro.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from geolearn.data.esri import ClassInfo
 from geolearn.data.normalization import Normalization
-from geolearn.learn.package import DEFAULT_BACKBONE, ModelDefinition, build_emd, read_emd, resolve_model
 from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES
 
-__all__ = ["ModelConfig"]
+__all__ = ["ModelConfig", "DEFAULT_BACKBONE"]
+
+DEFAULT_BACKBONE = "resnet50"  # arcgis.learn's RetinaNet default, also for EMDs that name none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,12 +86,33 @@ class ModelConfig:
         # Sequences become tuples (the config is frozen and compares by value), numbers floats.
         set_field = object.__setattr__  # the documented way to normalise fields of a frozen dataclass
         set_field(self, "class_infos", tuple(self.class_infos))
-        set_field(self, "scales", tuple(float(s) for s in self.scales))
-        set_field(self, "ratios", tuple(float(r) for r in self.ratios))
-        set_field(self, "zoom", float(self.zoom))
+        set_field(self, "scales", _positive_numbers(self.scales, "scales"))
+        set_field(self, "ratios", _positive_numbers(self.ratios, "ratios"))
         for name in ("band_names", "extract_bands"):
             if getattr(self, name) is not None:
                 set_field(self, name, tuple(getattr(self, name)))
+        self._check()
+        set_field(self, "zoom", float(self.zoom))
+
+    def _check(self) -> None:
+        """Raises ValueError for a value no network or EMD could use, naming the field and the fix."""
+        if isinstance(self.chip_size, bool) or not isinstance(self.chip_size, int) or self.chip_size <= 0:
+            raise ValueError(f"chip_size={self.chip_size!r}: give the training chips' side in pixels (a positive int).")
+        if not self.class_infos or not all(isinstance(c, ClassInfo) for c in self.class_infos):
+            raise ValueError(f"classes={list(self.class_infos)!r}: give a non-empty list of ClassInfo (value, name, color).")
+        if self.extract_bands is not None and (
+                not self.extract_bands or not all(isinstance(b, int) and b >= 0 for b in self.extract_bands)):
+            raise ValueError(f"extract_bands={list(self.extract_bands)!r}: give 0-based band indices, e.g. [0, 1, 2].")
+        if not isinstance(self.normalization, Normalization):
+            raise ValueError(f"normalization={self.normalization!r}: give the data's Normalization "
+                             "(prepare_data computes it; Normalization.for_rgb8() for 8-bit RGB).")
+        if self.normalization.n_bands != self.n_bands:
+            raise ValueError(f"normalization has {self.normalization.n_bands} bands, the model reads "
+                             f"{self.n_bands}: pass the data's own.")
+        if isinstance(self.zoom, bool) or not isinstance(self.zoom, (int, float)) or not 0 < self.zoom < math.inf:
+            raise ValueError(f"zoom={self.zoom!r}: network pixels per imagery pixel, a number > 0 (1.0 without resize_to).")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold={self.threshold!r}: a detection score between 0 and 1, or None.")
 
     @property
     def classes(self) -> list[str]:
@@ -139,58 +165,21 @@ class ModelConfig:
         )
 
     # ------------------------------------------------------------------ the EMD
+    # geolearn.learn.emd, the file form, builds on this module: imported where used, not above.
 
     def to_emd(self, model_file: str, *, average_precision: Mapping[str, float] | None = None,
                network_script: str | None = None) -> dict[str, Any]:
-        """The model definition (EMD) of this configuration, as :func:`~geolearn.learn.package.build_emd` writes it.
+        """The model definition (EMD) of this configuration (:func:`geolearn.learn.emd.build_emd`).
 
         Args:
             model_file: the weights' file name, relative to the EMD (``'<name>.pth'``).
             average_precision: ``{class name: AP}`` to record, or None. Keyword only.
             network_script: the package's TorchScript file for the raster function, or None.
         """
-        return build_emd(
-            model_file=model_file,
-            backbone=self.backbone_name,
-            scales=self.scales,
-            ratios=self.ratios,
-            classes=self.class_infos,
-            chip_size=self.chip_size,
-            extract_bands=self.extract_bands if self.extract_bands is not None else range(self.n_bands),
-            learning_rate=self.learning_rate,
-            resize_to=self.resize_to,
-            zoom=self.zoom,
-            is_multispectral=not self.normalization.imagenet,
-            normalization=self.normalization,
-            average_precision=average_precision,
-            n_bands=self.n_bands,
-            band_names=self.band_names,
-            cell_size=self.cell_size,
-            crs_wkt=self.crs_wkt,
-            threshold=self.threshold,
-            network_script=network_script,
-        )
+        from geolearn.learn.emd import build_emd
 
-    @classmethod
-    def from_definition(cls, definition: ModelDefinition) -> "ModelConfig":
-        """The configuration an EMD describes, from what :func:`~geolearn.learn.package.read_emd` read."""
-        return cls(
-            class_infos=tuple(definition.classes),
-            chip_size=definition.chip_size,
-            normalization=definition.normalization,
-            n_bands=definition.n_bands,
-            band_names=definition.band_names,
-            extract_bands=definition.extract_bands,
-            resize_to=definition.resize_to,
-            zoom=definition.zoom,
-            cell_size=definition.cell_size,
-            crs_wkt=definition.crs_wkt,
-            backbone=definition.backbone,
-            scales=definition.scales,
-            ratios=definition.ratios,
-            learning_rate=definition.learning_rate,
-            threshold=definition.threshold,
-        )
+        return build_emd(self, model_file=model_file, average_precision=average_precision,
+                         network_script=network_script)
 
     @classmethod
     def from_emd(cls, path: str | Path) -> "ModelConfig":
@@ -200,5 +189,17 @@ class ModelConfig:
             FileNotFoundError: no model definition there, or the weights it names are missing.
             ModelDefinitionError: the EMD cannot be read as a RetinaNet definition.
         """
-        return cls.from_definition(read_emd(resolve_model(Path(path))[0]))
+        from geolearn.learn.emd import read_emd
+        from geolearn.learn.package import resolve_model
 
+        return read_emd(resolve_model(Path(path))[0]).config
+
+
+def _positive_numbers(values: Sequence[float], what: str) -> tuple[float, ...]:
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        numbers = ()
+    if not numbers or not all(math.isfinite(v) and v > 0 for v in numbers):
+        raise ValueError(f"{what}={values!r}: give a non-empty list of positive numbers.")
+    return numbers

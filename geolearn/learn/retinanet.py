@@ -28,14 +28,15 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from geolearn.data.boxes import pixel_to_unit
-from geolearn.data.esri import DATASET_TYPES, ClassInfo
+from geolearn.data.esri import DATASET_TYPES
 from geolearn.data.georef import detections_frame, resolve_output, write_features
 from geolearn.data.images import read_chip
 from geolearn._version import __version__
 from geolearn.errors import GeolearnWarning, OutputExistsError
 from geolearn.learn.evaluation import DetectionSettings, evaluate
 from geolearn.learn.config import ModelConfig
-from geolearn.learn.package import load_state_dict, read_emd, resolve_model, save_package
+from geolearn.learn.emd import read_emd
+from geolearn.learn.package import load_state_dict, resolve_model, save_package
 from geolearn.learn.precision import resolve_precision
 from geolearn.metrics import average_precision, mean_average_precision, precision_recall
 from geolearn.models.anchors import make_anchors, suggest_anchors
@@ -615,7 +616,7 @@ class RetinaNet:
                 ``average_precision_score`` raise a clear error.
         """
         definition = read_emd(resolve_model(Path(emd_path))[0])
-        model = cls.from_config(ModelConfig.from_definition(definition), weights=load_state_dict(definition.model_file))
+        model = cls.from_config(definition.config, weights=load_state_dict(definition.model_file))
         if data is not None:
             model._attach_data(data)
         return model
