@@ -90,7 +90,7 @@ from geolearn.learn.retinanet import CALIBRATION_FLOOR, CALIBRATION_IOU, RetinaN
 from geolearn.metrics import average_precision, precision_recall  # noqa: E402
 from geolearn.models.loss import RetinaNetLoss  # noqa: E402
 from geolearn.models.postprocess import Detections  # noqa: E402
-from geolearn.models.raster_detection import detect_raster  # noqa: E402
+from geolearn.inference.raster import detect_raster  # noqa: E402
 
 WORK = REPO / "benchmarks" / "_work" / "real_accuracy"
 RESULTS = REPO / "benchmarks" / "results" / "real_accuracy.jsonl"  # committed: every run's record

@@ -30,7 +30,7 @@ from geolearn import prepare_data
 from geolearn.learn.emd import INFERENCE_FUNCTION, read_emd
 from geolearn.learn.retinanet import RetinaNet
 from geolearn.models import raster_function
-from geolearn.models.predictor import plan_windows
+from geolearn.inference.windows import plan_windows
 
 REPO = Path(__file__).resolve().parents[1]
 SCENE = REPO / "sample_data" / "sample_scene.tif"

@@ -33,6 +33,9 @@ from geolearn.data.georef import detections_frame, resolve_output, write_feature
 from geolearn.data.images import read_chip
 from geolearn._version import __version__
 from geolearn.errors import GeolearnWarning, OutputExistsError
+from geolearn.inference.raster import detect_raster
+from geolearn.inference.runner import network_runner, predict_tiles, zoomed_runner
+from geolearn.inference.window_merge import MergeMethod
 from geolearn.learn.evaluation import DetectionSettings, evaluate
 from geolearn.learn.config import ModelConfig
 from geolearn.learn.emd import read_emd
@@ -43,8 +46,6 @@ from geolearn.models.anchors import make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
 from geolearn.models.loss import RetinaNetLoss, cut_by_edge
 from geolearn.models.portable import deepness_metadata, onnx_bytes, script_bytes
-from geolearn.models.predictor import MergeMethod, network_runner, predict_tiles, zoomed_runner
-from geolearn.models.raster_detection import detect_raster
 from geolearn.models.retinanet import build_retinanet, param_groups
 from geolearn.viz import (
     plot_detections,
@@ -868,7 +869,7 @@ class RetinaNet:
         bfloat16, autocast. An object cut by a window edge is reported by the window that sees it
         whole (``exclude_pad_detections``), and all windows' detections are merged once. Boxes
         reach map coordinates through the raster's affine at their pixel edges, unrounded
-        (:func:`~geolearn.models.raster_detection.detect_raster`,
+        (:func:`~geolearn.inference.raster.detect_raster`,
         :func:`~geolearn.data.georef.detections_frame`).
 
         Args:

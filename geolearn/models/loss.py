@@ -18,7 +18,7 @@ Deliberate differences from arcgis.learn:
 * A box cut by the chip's edge is ignored (optional, on by default): the anchors on it are trained
   neither as object nor as background. Exported chips overlap (stride half the tile), so such an
   object is seen whole in a neighbouring chip, and detection keeps the whole view of an object cut
-  by a window edge (:func:`~geolearn.models.predictor.seam_filter`), so a sliver of an object is
+  by a window edge (:func:`~geolearn.inference.window_merge.seam_filter`), so a sliver of an object is
   not a target worth learning. In the NEON crowns export 44 % of the boxes touch a chip edge, half
   of them thinner than half their length; on that benchmark the rule changed AP@0.4 by less than
   the run-to-run noise (docs/training.md).

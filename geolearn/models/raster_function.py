@@ -26,8 +26,8 @@ with its own normalisation, zoom and box decoding inside
 library: what this file does is the rest of ``RetinaNet.predict``'s path, and the library's
 path calls the same functions — :func:`select_detections` (threshold, top-k, clip, per-window
 NMS: :mod:`geolearn.models.postprocess`) and :func:`seam_verdict` (which boxes cut by a window
-side to drop: :mod:`geolearn.models.predictor`). The window grid and the cross-window merge
-are small twins of :func:`geolearn.models.predictor.plan_windows` and ``merge_detections``;
+side to drop: :mod:`geolearn.inference.window_merge`). The window grid and the cross-window merge
+are small twins of :func:`geolearn.inference.windows.plan_windows` and ``merge_boxes``;
 ``tests/test_raster_function.py`` runs this file with geolearn, fastai and rasterio refused and
 checks that its boxes equal ``model.predict``'s on the same tiles.
 
@@ -204,7 +204,7 @@ def _axis_offsets(size: int, window: int, stride: int) -> List[int]:
 def window_grid(height: int, width: int, window: int, overlap: int) -> Tuple[Tensor, Tensor]:
     """The windows covering an image, row-major, and for each side the far edge of the neighbour across it.
 
-    The twin of :func:`geolearn.models.predictor.plan_windows` (same windows, same order).
+    The twin of :func:`geolearn.inference.windows.plan_windows` (same windows, same order).
 
     Args:
         height: image height in pixels.
@@ -240,7 +240,7 @@ def seam_verdict(
 ) -> Tuple[Tensor, Tensor]:
     """Which boxes to keep: not a box cut by a window side whose whole object the neighbour sees.
 
-    See :func:`geolearn.models.predictor.seam_filter` for the rule and why it reports every
+    See :func:`geolearn.inference.window_merge.seam_filter` for the rule and why it reports every
     object once.
 
     Args:

@@ -129,7 +129,7 @@ def augmented_runner(run_batch: RunBatch, score_thresh: float, views: int = VIEW
 
     Args:
         run_batch: ``crops [B, C, S, S] -> list[Detections]`` in crop pixels (e.g.
-            :func:`~geolearn.models.predictor.network_runner`).
+            :func:`~geolearn.inference.runner.network_runner`).
         score_thresh: lowest fused score kept, 0–1.
         views: orientations used, the first ``views`` of :func:`orient` (1–8). Default 8.
 

@@ -12,9 +12,9 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from geolearn.errors import BandMismatchError
+from geolearn.inference.raster import RasterDetections, detect_raster
+from geolearn.inference.runner import detect_windows
 from geolearn.models.postprocess import Detections
-from geolearn.models.predictor import detect_windows
-from geolearn.models.raster_detection import RasterDetections, detect_raster
 
 TRANSFORM = from_origin(400000.0, 5000000.0, 0.25, 0.25)
 CHIP = 64
@@ -207,7 +207,7 @@ def test_band_selection_and_mismatch(tmp_path):
 
 
 def test_progress_bar_where_watched_and_bad_arguments(tmp_path, capsys, monkeypatch):
-    import geolearn.models.raster_detection as raster_detection
+    import geolearn.inference.raster as raster_detection
 
     path = write_raster(tmp_path / "r.tif", scene(112, 160, SEAM_OBJECTS))
     found = run(path, BrightSquares(), progress=True)

@@ -1,4 +1,4 @@
-"""Sliding-window detection: window planning, seams, padding, merges, and the real network."""
+"""inference/: sliding-window detection: window planning, seams, padding, merges, and the real network."""
 
 from __future__ import annotations
 
@@ -10,17 +10,11 @@ from rasterio.windows import Window
 
 from geolearn.data.tiling import chip_windows
 from geolearn.models.anchors import make_anchors
-from geolearn.models import predictor
+from geolearn.inference import window_merge
+from geolearn.inference.runner import detect_windows, network_runner, predict_tiles
+from geolearn.inference.window_merge import ImageDetections, merge_boxes, seam_filter
+from geolearn.inference.windows import plan_windows
 from geolearn.models.postprocess import Detections
-from geolearn.models.predictor import (
-    ImageDetections,
-    detect_windows,
-    merge_detections,
-    network_runner,
-    plan_windows,
-    predict_tiles,
-    seam_filter,
-)
 from geolearn.models.retinanet import build_retinanet
 
 INF = math.inf
@@ -207,15 +201,15 @@ def test_greedy_merge_uses_intersection_over_smaller_hand_computed():
     labels = torch.tensor([1, 1, 1])
     scores = torch.tensor([0.9, 0.8, 0.7])
     # IoS of the first two = 50 / 100 = 0.5 (IoU only 50 / 250 = 0.2).
-    merged = merge_detections(boxes, labels, scores, method="greedy", overlap=0.4)
+    merged = merge_boxes(boxes, labels, scores, method="greedy", overlap=0.4)
     assert merged.image_boxes.tolist() == [[0.0, 0.0, 25.0, 10.0], [40.0, 0.0, 44.0, 4.0]]
     assert merged.scores.tolist() == pytest.approx([0.9, 0.7])
-    apart = merge_detections(boxes, labels, scores, method="greedy", overlap=0.6)
+    apart = merge_boxes(boxes, labels, scores, method="greedy", overlap=0.6)
     assert apart.image_boxes.tolist() == boxes.tolist()
-    other_class = merge_detections(boxes, torch.tensor([1, 2, 1]), scores, method="greedy", overlap=0.4)
+    other_class = merge_boxes(boxes, torch.tensor([1, 2, 1]), scores, method="greedy", overlap=0.4)
     assert len(other_class.image_boxes) == 3
     with pytest.raises(ValueError, match="merge='soft'"):
-        merge_detections(boxes, labels, scores, method="soft")
+        merge_boxes(boxes, labels, scores, method="soft")
 
 
 def test_greedy_merge_repeats_only_for_pieces_at_seams():
@@ -224,25 +218,25 @@ def test_greedy_merge_repeats_only_for_pieces_at_seams():
     labels = torch.ones(3, dtype=torch.int64)
     scores = torch.tensor([0.9, 0.8, 0.7])
     # One pass (SAHI's): A absorbs B; C matched only B, which is taken.
-    once = merge_detections(boxes, labels, scores, method="greedy", overlap=0.1)
+    once = merge_boxes(boxes, labels, scores, method="greedy", overlap=0.1)
     assert once.image_boxes.tolist() == [[0.0, 0.0, 18.0, 10.0], [16.0, 0.0, 26.0, 10.0]]
     # Whole objects (not at a seam) never join again: no snowball through touching objects.
-    whole = merge_detections(boxes, labels, scores, method="greedy", overlap=0.1, at_seam=torch.zeros(3, dtype=torch.bool))
+    whole = merge_boxes(boxes, labels, scores, method="greedy", overlap=0.1, at_seam=torch.zeros(3, dtype=torch.bool))
     assert whole.image_boxes.tolist() == once.image_boxes.tolist()
     # Pieces cut at seams keep joining until the chain is one box.
-    pieces = merge_detections(boxes, labels, scores, method="greedy", overlap=0.1, at_seam=torch.ones(3, dtype=torch.bool))
+    pieces = merge_boxes(boxes, labels, scores, method="greedy", overlap=0.1, at_seam=torch.ones(3, dtype=torch.bool))
     assert pieces.image_boxes.tolist() == [[0.0, 0.0, 26.0, 10.0]] and pieces.scores.tolist() == pytest.approx([0.9])
 
 
 @pytest.mark.parametrize("chunk", [7, 1 << 22])
 def test_intersecting_pairs_match_brute_force(monkeypatch, chunk):
-    monkeypatch.setattr(predictor, "_PAIR_CHUNK", chunk)
+    monkeypatch.setattr(window_merge, "_PAIR_CHUNK", chunk)
     generator = torch.Generator().manual_seed(0)
     corner = torch.rand(300, 2, generator=generator) * 500
     boxes = torch.cat([corner, corner + 1 + torch.rand(300, 2, generator=generator) * 60], dim=1)
     boxes[:5] = boxes[5]  # identical boxes and equal x1 values
     groups = torch.randint(1, 4, (300,), generator=generator)
-    i, j = predictor._intersecting_pairs(boxes, groups)
+    i, j = window_merge._intersecting_pairs(boxes, groups)
     found = {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())}
     assert len(found) == len(i)  # each pair once
     inter = (torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:]) - torch.maximum(boxes[:, None, :2], boxes[None, :, :2]))

@@ -1,4 +1,4 @@
-"""Tests of geolearn.learn.package: the .emd, .pth and .dlpk of a saved model (CONTRACT §4)."""
+"""learn/emd.py and learn/package.py: the .emd, .pth and .dlpk of a saved model (CONTRACT §4)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Detection over a whole raster on disk: streaming windows, nodata skipped, one merge.
 
-:func:`detect_raster` is :func:`~geolearn.models.predictor.detect_windows` for a raster that
-need not fit in memory. The windows are the same (:func:`~geolearn.models.predictor.plan_windows`
+:func:`detect_raster` is :func:`~geolearn.inference.runner.detect_windows` for a raster that
+need not fit in memory. The windows are the same (:func:`~geolearn.inference.windows.plan_windows`
 over the raster's height and width), and so are the per-window steps
-(:func:`~geolearn.models.predictor.window_detections`: shift to raster pixels, seam filter,
-clip) and the one cross-window merge (:func:`~geolearn.models.predictor.merge_windows`). What
+(:func:`~geolearn.inference.window_merge.window_detections`: shift to raster pixels, seam filter,
+clip) and the one cross-window merge (:func:`~geolearn.inference.window_merge.merge_windows`). What
 differs is where the pixels come from: a :class:`~geolearn.data.raster_windows.WindowReader`
 reads them in a background thread, batch by batch, skipping windows with no valid pixel — they
 never reach the network — and the boxes whose centre lies on a nodata pixel of a partly-nodata
@@ -23,7 +23,8 @@ from affine import Affine
 from torch import Tensor
 
 from geolearn.data.raster_windows import WindowReader, read_raster_info, select_bands
-from geolearn.models.predictor import MergeMethod, RunBatch, merge_windows, plan_windows, window_detections
+from geolearn.inference.window_merge import MergeMethod, merge_windows, window_detections
+from geolearn.inference.windows import RunBatch, plan_windows
 from geolearn.progress import watched
 
 __all__ = ["RasterDetections", "detect_raster"]
@@ -81,19 +82,19 @@ def detect_raster(
 ) -> RasterDetections:
     """Runs a chip detector over a whole raster, window by window, and merges the results once.
 
-    The windows are :func:`~geolearn.models.predictor.plan_windows` ``(height, width,
+    The windows are :func:`~geolearn.inference.windows.plan_windows` ``(height, width,
     chip_size, overlap)``; a raster smaller than a chip is one window reaching past it (the part
     outside is invalid, fed as zeros, and yields no box). Raw pixels are read streaming
     (:class:`~geolearn.data.raster_windows.WindowReader`, nodata pixels zero), turned into
     network input by ``to_input``, and detected by ``run_batch``; boxes go through the same
-    per-window steps as :func:`~geolearn.models.predictor.detect_windows`, plus dropping boxes
+    per-window steps as :func:`~geolearn.inference.runner.detect_windows`, plus dropping boxes
     centred on nodata; one merge ends it. Peak memory is a few batches of windows and the boxes
     found, whatever the raster's size.
 
     Args:
         run_batch: ``Tensor[B, C, S, S]`` network inputs (channels_last, ``S = chip_size``) →
             one :class:`~geolearn.models.postprocess.Detections` per crop, boxes in chip pixels
-            (:func:`~geolearn.models.predictor.network_runner`, or a stub).
+            (:func:`~geolearn.inference.runner.network_runner`, or a stub).
         raster: the raster file (GeoTIFF, COG, VRT, anything rasterio opens).
         chip_size: window side in pixels. Keyword only, required, like ``to_input``.
         to_input: raw pixels ``Tensor[B, C, S, S]`` → the float input ``run_batch`` expects
@@ -104,11 +105,11 @@ def detect_raster(
         overlap: pixels shared by adjacent windows; ``chip_size // 4`` when None (the default).
         batch_size: windows per ``run_batch`` call. Default 8.
         merge: ``'nms'`` (the default) or ``'greedy'`` (see
-            :func:`~geolearn.models.predictor.merge_detections`).
+            :func:`~geolearn.inference.window_merge.merge_boxes`).
         nms_overlap: IoU (nms) or intersection-over-smaller (greedy) above which two boxes are
             one object, 0–1. Default 0.1.
         class_agnostic: merge across classes. Default False.
-        edge_tolerance: pixels, see :func:`~geolearn.models.predictor.seam_filter`; None keeps
+        edge_tolerance: pixels, see :func:`~geolearn.inference.window_merge.seam_filter`; None keeps
             boxes cut by seams (arcgis's ``exclude_pad_detections=False``). Default 2.
         max_detections: most detections returned; all when None (the default).
         prefetch: batches read ahead of the detector. Default 2.
