@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from geolearn.errors import GeolearnError, InputNotFoundError, InvalidArgumentError
+from geolearn.inference import defaults
 from geolearn.sample.demo import DEMO_EPOCHS
 
 __all__ = ["main"]
@@ -325,19 +326,20 @@ def _add_detect(commands) -> None:
     detect.add_argument("--out", required=True, metavar="LAYER", help="output layer file, e.g. detections.gpkg")
     detect.add_argument("--threshold", type=_unit_float, default=None, metavar="SCORE",
                         help="lowest confidence (0-1) of a reported object (default: the threshold the model's "
-                        "training calibrated, else 0.5)")
-    detect.add_argument("--nms-overlap", type=_unit_float, default=0.1, metavar="IOU",
+                        f"training calibrated, else {defaults.THRESHOLD})")
+    detect.add_argument("--nms-overlap", type=_unit_float, default=defaults.NMS_OVERLAP, metavar="IOU",
                         help="overlap (intersection over union, 0-1) above which two detections of a class in "
-                        "neighbouring windows are one object (default 0.1)")
+                        f"neighbouring windows are one object (default {defaults.NMS_OVERLAP})")
     detect.add_argument("--padding", type=_non_negative_int, default=None, metavar="PX",
                         help="pixels of context around each window; adjacent windows overlap by twice this "
                         "(default: an eighth of the model's chip size)")
     detect.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                        help="windows per forward pass (default 2 on a CPU, where larger batches are no faster "
-                        "and take more memory; 8 on a GPU)")
-    detect.add_argument("--merge", choices=["nms", "greedy"], default="nms",
+                        help=f"windows per forward pass (default {defaults.default_batch_size('cpu')} on a CPU, "
+                        "where larger batches are no faster and take more memory; "
+                        f"{defaults.default_batch_size('cuda')} on a GPU)")
+    detect.add_argument("--merge", choices=["nms", "greedy"], default=defaults.MERGE,
                         help="how duplicates across windows are merged: 'nms' keeps the most confident box, "
-                        "'greedy' joins pieces of objects larger than the window overlap (default nms)")
+                        f"'greedy' joins pieces of objects larger than the window overlap (default {defaults.MERGE})")
     detect.add_argument("--max-overlap-ratio", type=_unit_float, default=0.0, metavar="IOU",
                         help="final suppression over the whole layer: of two objects of a class overlapping more "
                         "than this (intersection over union, 0-1), the less confident is dropped. ArcGIS's default "

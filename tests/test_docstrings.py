@@ -69,6 +69,8 @@ MODULES = [
     "geolearn.inference.detect",
     "geolearn.inference.distributed",
     "geolearn.inference.merge",
+    "geolearn.inference.defaults",
+    "geolearn.inference.predict",
     "geolearn.inference.raster",
     "geolearn.inference.runner",
     "geolearn.inference.window_merge",

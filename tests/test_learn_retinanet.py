@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 from torchvision.models import resnet34
 
 from geolearn import prepare_data
-from geolearn.learn import retinanet as retinanet_module
+from geolearn.inference import predict as predict_module
 from geolearn.learn.retinanet import RetinaNet
 from geolearn.models.anchors import DEFAULT_SCALES
 
@@ -243,8 +243,8 @@ def test_fit_calibrates_the_detection_threshold_that_detect_objects_and_the_pack
     assert model.threshold == pytest.approx(0.175)
 
     thresholds = []
-    real_runner = retinanet_module.network_runner
-    monkeypatch.setattr(retinanet_module, "network_runner",
+    real_runner = predict_module.network_runner
+    monkeypatch.setattr(predict_module, "network_runner",
                         lambda *a, **k: thresholds.append(k["score_thresh"]) or real_runner(*a, **k))
     raster = tmp_path / "scene.tif"
     with rasterio.open(raster, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",

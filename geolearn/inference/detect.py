@@ -39,6 +39,7 @@ from geolearn.errors import (
     InvalidArgumentError,
     OutputExistsError,
 )
+from geolearn.inference import defaults
 from geolearn.inference.merge import merge_tile_seams, suppress_overlaps
 
 if TYPE_CHECKING:
@@ -96,11 +97,14 @@ MODEL_ARGUMENTS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "padding": (_parse_optional_int, ("pixels of context on each side of a window (adjacent windows overlap by "
                                       "twice it); default chip_size // 8")),
     "threshold": (float, ("minimum confidence in [0, 1] of a kept detection; default the "
-                              "threshold the model's fit calibrated, else 0.5")),
-    "nms_overlap": (float, "IoU above which the weaker of two detections of a class is dropped; default 0.1"),
-    "batch_size": (_parse_int, "windows per forward pass; default 2 on a CPU, 8 on a GPU"),
+                          f"threshold the model's fit calibrated, else {defaults.THRESHOLD}")),
+    "nms_overlap": (float, ("IoU above which the weaker of two detections of a class is dropped; "
+                            f"default {defaults.NMS_OVERLAP}")),
+    "batch_size": (_parse_int, (f"windows per forward pass; default {defaults.default_batch_size('cpu')} on a CPU, "
+                                f"{defaults.default_batch_size('cuda')} on a GPU")),
     "exclude_pad_detections": (_parse_bool, "drop detections cut by a window edge; default True"),
-    "merge": (_parse_str, "cross-window merge: 'nms' (default) or 'greedy' (joins pieces of large objects)"),
+    "merge": (_parse_str, (f"cross-window merge: 'nms' or 'greedy' (joins pieces of large objects); "
+                           f"default {defaults.MERGE!r}")),
     "class_agnostic": (_parse_bool, "suppress and join overlapping detections whatever their class; default False"),
     "test_time_augmentation": (_parse_bool, "run each window in its 8 orientations and fuse the boxes (8 times the "
                                             "time); default False"),

@@ -23,7 +23,15 @@ from affine import Affine
 from torch import Tensor
 
 from geolearn.data.raster_windows import WindowReader, read_raster_info, select_bands
-from geolearn.inference.window_merge import MergeMethod, merge_windows, window_detections
+from geolearn.inference.defaults import (
+    EDGE_TOLERANCE,
+    MERGE,
+    NMS_OVERLAP,
+    WINDOW_BATCH,
+    MergeMethod,
+    default_overlap,
+)
+from geolearn.inference.window_merge import merge_windows, window_detections
 from geolearn.inference.windows import RunBatch, plan_windows
 from geolearn.progress import watched
 
@@ -71,11 +79,11 @@ def detect_raster(
     bands: Sequence[int] | None = None,
     n_bands: int | None = None,
     overlap: int | None = None,
-    batch_size: int = 8,
-    merge: MergeMethod = "nms",
-    nms_overlap: float = 0.1,
+    batch_size: int = WINDOW_BATCH,
+    merge: MergeMethod = MERGE,
+    nms_overlap: float = NMS_OVERLAP,
     class_agnostic: bool = False,
-    edge_tolerance: float | None = 2.0,
+    edge_tolerance: float | None = EDGE_TOLERANCE,
     max_detections: int | None = None,
     prefetch: int = 2,
     progress: bool = False,
@@ -145,7 +153,7 @@ def detect_raster(
         raise ValueError(f"batch_size={batch_size}: need at least 1 window per batch.")
     info = read_raster_info(raster)
     bands = select_bands(info, bands, n_bands)  # before planning: a bad band fails at once
-    plan = plan_windows(info.height, info.width, chip_size, chip_size // 4 if overlap is None else overlap)
+    plan = plan_windows(info.height, info.width, chip_size, default_overlap(chip_size) if overlap is None else overlap)
     offsets = plan.windows[:, :2].to(torch.int64)
     windows = torch.cat([offsets, torch.full_like(offsets[:, :1], chip_size)], dim=1).numpy()
     reader = WindowReader(info.path, windows, bands=bands, batch_size=batch_size, prefetch=prefetch)

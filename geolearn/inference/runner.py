@@ -15,7 +15,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from geolearn.inference.window_merge import ImageDetections, MergeMethod, merge_windows, window_detections
+from geolearn.inference.defaults import (
+    EDGE_TOLERANCE,
+    MERGE,
+    NMS_OVERLAP,
+    THRESHOLD,
+    WINDOW_BATCH,
+    MergeMethod,
+    default_overlap,
+)
+from geolearn.inference.window_merge import ImageDetections, merge_windows, window_detections
 from geolearn.inference.windows import RunBatch, _padded_hwc, crop_windows, plan_windows
 from geolearn.models.postprocess import Detections, detect
 from geolearn.models.tta import VIEW_THRESH as TTA_VIEW_THRESH, augmented_runner
@@ -29,11 +38,11 @@ def detect_windows(
     chip_size: int,
     *,
     overlap: int | None = None,
-    batch_size: int = 8,
-    merge: MergeMethod = "nms",
-    nms_overlap: float = 0.1,
+    batch_size: int = WINDOW_BATCH,
+    merge: MergeMethod = MERGE,
+    nms_overlap: float = NMS_OVERLAP,
     class_agnostic: bool = False,
-    edge_tolerance: float | None = 2.0,
+    edge_tolerance: float | None = EDGE_TOLERANCE,
     max_detections: int | None = None,
 ) -> ImageDetections:
     """Runs a chip detector over overlapping windows of an image and merges the results.
@@ -91,7 +100,7 @@ def detect_windows(
     if merge not in ("nms", "greedy"):
         raise ValueError(f"merge={merge!r}: choose 'nms' (suppress duplicates) or 'greedy' (join pieces by IoS).")
     _, height, width = image.shape
-    plan = plan_windows(height, width, chip_size, chip_size // 4 if overlap is None else overlap)
+    plan = plan_windows(height, width, chip_size, default_overlap(chip_size) if overlap is None else overlap)
     image_hwc = _padded_hwc(image, chip_size)
 
     parts = []
@@ -114,8 +123,8 @@ def network_runner(
     anchors: Tensor,
     chip_size: int,
     *,
-    score_thresh: float = 0.5,
-    nms_overlap: float = 0.1,
+    score_thresh: float = THRESHOLD,
+    nms_overlap: float = NMS_OVERLAP,
     class_agnostic: bool = False,
     autocast_dtype: torch.dtype | None = None,
     test_time_augmentation: bool = False,
@@ -261,15 +270,15 @@ def predict_tiles(
     anchors: Tensor,
     chip_size: int,
     *,
-    score_thresh: float = 0.5,
-    nms_overlap: float = 0.1,
+    score_thresh: float = THRESHOLD,
+    nms_overlap: float = NMS_OVERLAP,
     overlap: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = WINDOW_BATCH,
     autocast_dtype: torch.dtype | None = None,
     class_agnostic: bool = False,
-    merge: MergeMethod = "nms",
+    merge: MergeMethod = MERGE,
     max_detections: int | None = None,
-    edge_tolerance: float | None = 2.0,
+    edge_tolerance: float | None = EDGE_TOLERANCE,
     test_time_augmentation: bool = False,
 ) -> ImageDetections:
     """Detects objects in an image of any size with a RetinaNet network, window by window.

@@ -12,19 +12,19 @@ and :func:`~geolearn.inference.raster.detect_raster` (a raster on disk).
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_area, nms
 
+from geolearn.inference.defaults import EDGE_TOLERANCE, MERGE, NMS_OVERLAP, MergeMethod
 from geolearn.inference.windows import RunBatch, WindowPlan, clip_to_image, to_image_boxes
 from geolearn.models.postprocess import Detections
 from geolearn.models.raster_function import seam_verdict
 
 __all__ = [
-    "MergeMethod",
     "ImageDetections",
     "SeamVerdict",
     "seam_filter",
@@ -34,8 +34,6 @@ __all__ = [
     "window_detections",
     "merge_windows",
 ]
-
-MergeMethod = Literal["nms", "greedy"]
 
 # Candidate box pairs examined at once by greedy_merge (two int64 indices each: ≈ 64 MB).
 _PAIR_CHUNK = 1 << 22
@@ -274,8 +272,8 @@ def merge_boxes(
     labels: Tensor,
     scores: Tensor,
     *,
-    method: MergeMethod = "nms",
-    overlap: float = 0.1,
+    method: MergeMethod = MERGE,
+    overlap: float = NMS_OVERLAP,
     class_agnostic: bool = False,
     at_seam: Tensor | None = None,
 ) -> ImageDetections:
@@ -359,7 +357,7 @@ def window_detections(
     window_index: Tensor,
     plan: WindowPlan,
     *,
-    edge_tolerance: float | None = 2.0,
+    edge_tolerance: float | None = EDGE_TOLERANCE,
     valid: Tensor | None = None,
 ) -> WindowDetections:
     """Runs one batch of window crops and keeps the boxes that go on to the merge.
@@ -429,8 +427,8 @@ def _centre_is_valid(
 def merge_windows(
     parts: Sequence[WindowDetections],
     *,
-    method: MergeMethod = "nms",
-    overlap: float = 0.1,
+    method: MergeMethod = MERGE,
+    overlap: float = NMS_OVERLAP,
     class_agnostic: bool = False,
     seams: bool = True,
     max_detections: int | None = None,

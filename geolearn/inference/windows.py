@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from geolearn.data.tiling import axis_offsets
+from geolearn.inference.defaults import default_overlap
 from geolearn.models.postprocess import Detections
 from geolearn.models.raster_function import clip_boxes
 
@@ -95,7 +96,7 @@ def plan_windows(height: int, width: int, chip_size: int, overlap: int) -> Windo
     if not 0 <= overlap < chip_size:
         raise ValueError(
             f"overlap={overlap}: the windows' overlap must lie in [0, chip_size={chip_size}) pixels; "
-            f"chip_size // 4 = {chip_size // 4} is the default."
+            f"chip_size // 4 = {default_overlap(chip_size)} is the default."
         )
     stride = chip_size - overlap
     xs, left, right = _axis_plan(width, chip_size, stride)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from geolearn.data.boxes import unit_to_pixel
+from geolearn.inference.defaults import NMS_OVERLAP, THRESHOLD
 from geolearn.models.postprocess import detect
 from geolearn.progress import progress_bar
 
@@ -45,8 +46,8 @@ class DetectionSettings:
 
     anchors: Tensor
     chip_size: int
-    detect_thresh: float = 0.5
-    nms_overlap: float = 0.1
+    detect_thresh: float = THRESHOLD
+    nms_overlap: float = NMS_OVERLAP
     iou_thresh: float = 0.1
 
 

@@ -29,13 +29,10 @@ from torch import Tensor
 
 from geolearn.data.boxes import pixel_to_unit
 from geolearn.data.esri import DATASET_TYPES
-from geolearn.data.georef import detections_frame, resolve_output, write_features
-from geolearn.data.images import read_chip
 from geolearn._version import __version__
 from geolearn.errors import GeolearnWarning, OutputExistsError
-from geolearn.inference.raster import detect_raster
-from geolearn.inference.runner import network_runner, predict_tiles, zoomed_runner
-from geolearn.inference.window_merge import MergeMethod
+from geolearn.inference.defaults import MERGE, NMS_OVERLAP, THRESHOLD, MergeMethod
+from geolearn.inference.predict import detect_raster_objects, image_pixels, predict_image
 from geolearn.learn.evaluation import DetectionSettings, evaluate
 from geolearn.learn.config import ModelConfig
 from geolearn.learn.emd import read_emd
@@ -112,12 +109,6 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], valley_lr: float) 
     if len(above) == 0:
         return valley_lr
     return max(valley_lr, float(lrs[int(above[0])]) / TAKEOFF_DIVISOR)
-
-
-def _is_channels_last(model: torch.nn.Module) -> bool:
-    """Whether the model's convolution weights are channels_last (False when it has none)."""
-    weights = [p for p in model.parameters() if p.ndim == 4]
-    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
 
 
 def _show(figure: Figure) -> None:
@@ -554,7 +545,7 @@ class RetinaNet:
         iou_thresh: float = 0.1,
         mean: bool = False,
         show_progress: bool = True,
-        nms_overlap: float = 0.1,
+        nms_overlap: float = NMS_OVERLAP,
     ) -> dict[str, float] | float:
         """Average precision per class on the validation chips (CONTRACT §5).
 
@@ -670,7 +661,7 @@ class RetinaNet:
                 average_precision = self.average_precision_score(show_progress=False)
             if getattr(self.learn.recorder, "losses", None):  # set once fit has run
                 figures["loss_graph"] = self._losses_figure()
-            figures["show_results"] = self._results_figure(rows=3, thresh=0.3, nms_overlap=0.1)
+            figures["show_results"] = self._results_figure(rows=3, thresh=0.3, nms_overlap=NMS_OVERLAP)
         emd = self._config.to_emd(f"{name}.pth", average_precision=average_precision,
                                   network_script=f"{name}_detector.pt")
         optimizer = None
@@ -690,7 +681,7 @@ class RetinaNet:
         return script_bytes(self.model, self.anchors, config.chip_size, config.normalization,
                             window_size=config.window_size)
 
-    def _onnx(self, threshold: float | None = None, nms_overlap: float = 0.1) -> bytes:
+    def _onnx(self, threshold: float | None = None, nms_overlap: float = NMS_OVERLAP) -> bytes:
         """The ONNX file of :meth:`export_onnx`."""
         config = self._config
         cell_size_m = None  # what the network sees: the training pixels, enlarged by the zoom
@@ -713,7 +704,7 @@ class RetinaNet:
         })
         return onnx_bytes(self.model, self.anchors, config.chip_size, config.n_bands, metadata)
 
-    def export_onnx(self, path: str | Path, *, threshold: float | None = None, nms_overlap: float = 0.1,
+    def export_onnx(self, path: str | Path, *, threshold: float | None = None, nms_overlap: float = NMS_OVERLAP,
                     overwrite: bool = False) -> Path:
         """Writes the network as an ONNX file for ONNX Runtime and the QGIS Deepness plugin.
 
@@ -778,8 +769,8 @@ class RetinaNet:
     def predict(
         self,
         image_path: str | Path | np.ndarray,
-        threshold: float = 0.5,
-        nms_overlap: float = 0.1,
+        threshold: float = THRESHOLD,
+        nms_overlap: float = NMS_OVERLAP,
         return_scores: bool = True,
         visualize: bool = False,
         resize: bool = False,
@@ -808,29 +799,11 @@ class RetinaNet:
             ``(boxes, labels, scores)`` — boxes as ``[xmin, ymin, width, height]`` in image
             pixels, labels as class names — or ``(boxes, labels)``.
         """
-        if isinstance(image_path, np.ndarray):
-            pixels = torch.from_numpy(np.ascontiguousarray(image_path.transpose(2, 0, 1)))
-            if self._config.extract_bands is not None and pixels.shape[0] != self._config.n_bands:
-                pixels = pixels[list(self._config.extract_bands)]
-        else:
-            pixels = read_chip(Path(image_path), self._config.extract_bands)
-        if pixels.shape[0] != self._config.n_bands:
-            raise ValueError(f"the image has {pixels.shape[0]} bands, the model takes {self._config.n_bands}; "
-                             "pass an image with the bands the model was trained on.")
-        image = self._network_input(pixels)
-        height, width = image.shape[1:]
-        size, zoom = self._config.chip_size, self._config.zoom
-        # resize: the whole image becomes one chip; else a model trained on enlarged chips
-        # (resize_to) sees the image enlarged alike.
-        seen = (size, size) if resize else (round(height * zoom), round(width * zoom))
-        if seen != (height, width):
-            image = torch.nn.functional.interpolate(image[None], size=seen, mode="bilinear", align_corners=False)[0]
-        found = predict_tiles(self.model, image, self.anchors, size, score_thresh=threshold, nms_overlap=nms_overlap,
-                              batch_size=batch_size, autocast_dtype=self._precision_dtype(),
-                              test_time_augmentation=test_time_augmentation)
+        pixels = image_pixels(image_path, self._config)
+        found = predict_image(self.model, self._config, self.anchors, pixels, threshold=threshold,
+                              nms_overlap=nms_overlap, resize=resize, batch_size=batch_size,
+                              autocast_dtype=self._precision_dtype(), test_time_augmentation=test_time_augmentation)
         image_boxes = found.image_boxes
-        if seen != (height, width):
-            image_boxes = image_boxes * torch.tensor([width / seen[1], height / seen[0]] * 2)
         if visualize:
             self.predict_figure = plot_detections(self._config.normalization.scale(pixels)[self._rgb_bands()],
                                                   image_boxes, found.labels, found.scores, self._config.classes,
@@ -848,11 +821,11 @@ class RetinaNet:
         out_path: str | Path | None = None,
         *,
         threshold: float | None = None,
-        nms_overlap: float = 0.1,
+        nms_overlap: float = NMS_OVERLAP,
         padding: int | None = None,
         batch_size: int | None = None,
         exclude_pad_detections: bool = True,
-        merge: MergeMethod = "nms",
+        merge: MergeMethod = MERGE,
         class_agnostic: bool = False,
         bands: Sequence[int] | None = None,
         progress: bool = True,
@@ -869,7 +842,7 @@ class RetinaNet:
         bfloat16, autocast. An object cut by a window edge is reported by the window that sees it
         whole (``exclude_pad_detections``), and all windows' detections are merged once. Boxes
         reach map coordinates through the raster's affine at their pixel edges, unrounded
-        (:func:`~geolearn.inference.raster.detect_raster`,
+        (:func:`~geolearn.inference.predict.detect_raster_objects`,
         :func:`~geolearn.data.georef.detections_frame`).
 
         Args:
@@ -883,10 +856,8 @@ class RetinaNet:
                 smaller box for ``merge='greedy'``).
             padding: pixels of context on each side of a window, arcgis.learn's meaning:
                 adjacent windows overlap by ``2 · padding``; ``chip_size // 8`` when None.
-            batch_size: windows per forward pass; None: 2 when the model is on the CPU, 8 on a GPU.
-                On a CPU larger batches are no faster and cost memory: a resnet50 at 512 px ran
-                6.1, 7.2, 7.2 and 6.1 windows/s at batch 1, 2, 4 and 8 (2 cores with AMX, bf16),
-                and each window more in a batch added about 70 MB to the peak.
+            batch_size: windows per forward pass; None: 2 when the model is on the CPU, 8 on a GPU
+                (:func:`~geolearn.inference.defaults.default_batch_size` says why).
             exclude_pad_detections: drop a detection cut by a window edge when the neighbouring
                 window sees the object whole; False leaves such pieces to the merge.
             merge: ``'nms'`` (keep the best of overlapping boxes) or ``'greedy'`` (join pieces of
@@ -909,48 +880,13 @@ class RetinaNet:
             ValueError: ``padding`` outside ``[0, chip_size / 2)``, an unknown suffix or ``merge``.
             ImageReadError: the raster cannot be opened or read.
         """
-        size = self._config.chip_size
-        padding = size // 8 if padding is None else padding
-        if isinstance(padding, bool) or not isinstance(padding, int) or not 0 <= 2 * padding < size:
-            raise ValueError(f"padding={padding!r}: pixels of context on each side of a {size} px window, an int in "
-                             f"[0, {(size - 1) // 2}]; the default is chip_size // 8 = {size // 8}.")
-        if out_path is not None:
-            resolve_output(out_path, None, overwrite)  # a bad or taken output name fails before any inference
-        if batch_size is None:
-            batch_size = 2 if next(self.model.parameters()).device.type == "cpu" else 8
-        threshold = self.threshold if threshold is None else threshold
-        run_batch = network_runner(self.model, self.anchors, size, score_thresh=threshold, nms_overlap=nms_overlap,
-                                   class_agnostic=class_agnostic, autocast_dtype=self._precision_dtype(),
-                                   test_time_augmentation=test_time_augmentation)
-        # Windows of raster pixels that enlarge to the chip size when the model was trained on
-        # enlarged chips (zoom = resize_to / exported chip side); padding scales with them.
-        window = self._config.window_size
-        if window != size:
-            run_batch = zoomed_runner(run_batch, window, size)
-        was_training, was_channels_last = self.model.training, _is_channels_last(self.model)
-        self.model.eval()
-        self.model.to(memory_format=torch.channels_last)  # the windows arrive channels_last
-        try:
-            with torch.inference_mode():
-                found = detect_raster(
-                    run_batch, raster, chip_size=window, to_input=self._network_input,
-                    bands=bands if bands is not None else self._config.extract_bands, n_bands=self._config.n_bands,
-                    overlap=round(2 * padding * window / size), batch_size=batch_size, merge=merge,
-                    nms_overlap=nms_overlap,
-                    class_agnostic=class_agnostic, edge_tolerance=2.0 if exclude_pad_detections else None,
-                    progress=progress,
-                )
-        finally:
-            if not was_channels_last:
-                self.model.to(memory_format=torch.contiguous_format)
-            self.model.train(was_training)
-        logger.info("%s: %d detections (%d windows run, %d skipped as nodata)",
-                    raster, len(found.scores), found.windows_run, found.windows_skipped)
-        frame = detections_frame(found.raster_boxes, found.labels, found.scores, self._config.classes,
-                                 found.transform, found.crs)
-        if out_path is not None:
-            write_features(frame, out_path, overwrite=overwrite)
-        return frame
+        return detect_raster_objects(
+            self.model, self._config, self.anchors, raster, out_path,
+            threshold=self.threshold if threshold is None else threshold, nms_overlap=nms_overlap, padding=padding,
+            batch_size=batch_size, exclude_pad_detections=exclude_pad_detections, merge=merge,
+            class_agnostic=class_agnostic, bands=bands, progress=progress, overwrite=overwrite,
+            autocast_dtype=self._precision_dtype(), test_time_augmentation=test_time_augmentation,
+        )
 
     def _rgb_bands(self) -> list[int]:
         if self._data is not None:
@@ -960,7 +896,7 @@ class RetinaNet:
     def _class_colors(self) -> list[tuple[float, float, float]]:
         return [(0.5, 0.5, 0.5)] + [tuple(c / 255 for c in info.color) for info in self._config.class_infos]
 
-    def show_results(self, rows: int = 5, thresh: float = 0.3, nms_overlap: float = 0.1, **kwargs: Any) -> Figure:
+    def show_results(self, rows: int = 5, thresh: float = 0.3, nms_overlap: float = NMS_OVERLAP, **kwargs: Any) -> Figure:
         """Validation chips: ground truth on the left, predictions (with scores) on the right.
 
         Args:
