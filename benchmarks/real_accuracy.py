@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import math
 import shlex
@@ -85,6 +86,7 @@ from geolearn import export_training_data, prepare_data  # noqa: E402
 from geolearn.data.dataset import ChipDataset  # noqa: E402
 from geolearn.data.georef import detections_frame  # noqa: E402
 from geolearn.data.labels import read_voc  # noqa: E402
+from geolearn.data.normalization import Normalization  # noqa: E402
 from geolearn.data.transforms import default_batch_transforms  # noqa: E402
 from geolearn.learn.retinanet import CALIBRATION_FLOOR, CALIBRATION_IOU, RetinaNet  # noqa: E402
 from geolearn.metrics import average_precision, precision_recall  # noqa: E402
@@ -241,7 +243,7 @@ def score(frame: gpd.GeoDataFrame, truth: torch.Tensor, threshold: float) -> dic
 # ---------------------------------------------------------------------------------- geolearn
 
 
-def train_geolearn(chips: Path, budget: dict, settings: dict[str, dict]) -> tuple[RetinaNet, float]:
+def train_geolearn(chips: Path, budget: dict, settings: dict[str, dict]) -> tuple[RetinaNet, float, int]:
     """geolearn trained as a user would: ``fit(epochs)`` with lr_find's rate (``budget``:
     ``{"epochs": N}``, or ``{"minutes": M}``: ``fit(100, time_budget=...)``, lr_find timed with it)."""
     start = time.perf_counter()
@@ -263,11 +265,12 @@ def train_geolearn(chips: Path, budget: dict, settings: dict[str, dict]) -> tupl
         fit = {"epochs": 100, "time_budget": budget["minutes"] * 60 - (time.perf_counter() - start)}
     model.fit(**(fit | settings["fit"]))
     trained = time.perf_counter() - start
-    if standardize:  # and every window at detection time
-        network_input = model._network_input
-        model._network_input = lambda pixels: StandardizeChip.standardize(network_input(pixels))
-    print(f"geolearn: lr {model.config.learning_rate:.3g}, {len(model.learn.recorder.values)} epochs in {trained:.0f} s")
-    return model, trained
+    epochs = len(model.learn.recorder.values)
+    print(f"geolearn: lr {model.config.learning_rate:.3g}, {epochs} epochs in {trained:.0f} s")
+    if standardize:  # and every window at detection time: the same weights, a normalisation that standardises
+        norm = StandardizedNormalization(**dataclasses.asdict(model.config.normalization))
+        model = RetinaNet.from_config(model.config.replace(normalization=norm), weights=model.model.state_dict())
+    return model, trained, epochs
 
 
 class StandardizeChip(Transform):
@@ -288,6 +291,17 @@ class StandardizeChip(Transform):
 
     def encodes(self, images: TensorImage) -> TensorImage:
         return TensorImage(self.standardize(images.as_subclass(torch.Tensor)))
+
+
+@dataclasses.dataclass(frozen=True)
+class StandardizedNormalization(Normalization):
+    """The model's normalisation followed by :class:`StandardizeChip`'s, for an image or a batch of windows."""
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        normalised = super().normalize(raw)
+        if normalised.ndim == 3:
+            return StandardizeChip.standardize(normalised[None])[0]
+        return StandardizeChip.standardize(normalised)
 
 
 def detect_geolearn(model: RetinaNet, raster: Path, settings: dict) -> gpd.GeoDataFrame:
@@ -629,10 +643,9 @@ def main() -> None:
         common |= {"budget": {"epochs": epochs}, "label": args.label or f"{args.from_model}, rescored"}
         args.only = "geolearn"
     elif args.only != "bare":
-        model, trained = train_geolearn(chips, budget, settings)
+        model, trained, epochs = train_geolearn(chips, budget, settings)
         if "seconds" in bare_budget:
             bare_budget = {"seconds": trained}
-        epochs = len(model.learn.recorder.values)
     if args.only != "bare":
         for nms in [None, *nms_values]:
             detect = detect_settings if nms is None else detect_settings | {"nms_overlap": nms}

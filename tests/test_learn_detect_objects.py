@@ -73,7 +73,7 @@ class BrightSquareNetwork(nn.Module):
 def model(tiny_data) -> RetinaNet:
     detector = RetinaNet(tiny_data, backbone="resnet18", pretrained=False)
     # Raw 128 in band 0, normalised as the model normalises: the stub's line between dark and bright.
-    threshold = float(detector._network_input(torch.full((3, 1, 1), 128.0))[0, 0, 0])
+    threshold = float(detector.config.normalization.normalize(torch.full((3, 1, 1), 128.0))[0, 0, 0])
     detector.model = BrightSquareNetwork(detector.anchors, CHIP, len(tiny_data.classes) - 1, threshold)
     return detector
 

@@ -54,8 +54,9 @@ from geolearn.data.esri import (
     write_json,
     write_map_txt,
 )
-from geolearn.data.georef import esri_spatial_reference
+from geolearn.data.georef import esri_spatial_reference, pixel_footprint, polygons_to_boxes
 from geolearn.data.labels import ChipLabels, write_kitti, write_voc
+from geolearn.data.raster_windows import bounded_block_cache, user_block_cache
 from geolearn.data.tiling import chip_windows, normalize_size
 from geolearn.errors import (
     BandMismatchError,
@@ -403,20 +404,10 @@ def _open_raster(path: Path) -> DatasetReader:
 
 
 def _bounded_block_cache(src: DatasetReader, tile: tuple[int, int]) -> contextlib.AbstractContextManager:
-    """Caps GDAL's block cache for the export, unless the user set GDAL_CACHEMAX.
-
-    GDAL keeps every decoded block until its cache (5 % of RAM by default) is full,
-    so sweeping a large raster would hold most of it in memory. Row-major windows
-    only revisit the blocks of the current and the previous row of chips, so a
-    cache of two such strips (bands and nodata mask, at least 16 MiB) still reads
-    each block once, and memory no longer grows with the raster's height.
-    """
-    if "GDAL_CACHEMAX" in os.environ or (rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()):
+    """Caps GDAL's block cache for the export's sweep, unless the user set GDAL_CACHEMAX."""
+    if user_block_cache():
         return contextlib.nullcontext()
-    block_height = src.block_shapes[0][0] if src.block_shapes else 1
-    bytes_per_pixel = src.count * np.dtype(src.dtypes[0]).itemsize + 1  # + 1: the mask band
-    strip_bytes = (tile[1] + block_height) * src.width * bytes_per_pixel
-    return rasterio.Env(GDAL_CACHEMAX=max(16 * 2**20, 2 * strip_bytes))
+    return bounded_block_cache(src, tile[1], src.count, src.dtypes[0])
 
 
 def _check_chip_format(src: DatasetReader, options: _Options, raster_path: Path) -> None:
@@ -636,20 +627,6 @@ def _as_polygons(map_geoms: np.ndarray, buffer_radius: float | None) -> np.ndarr
     return map_geoms
 
 
-def _footprint(transform: Affine, width: float, height: float) -> shapely.Polygon:
-    """The map-space polygon of a ``width`` x ``height`` pixel window with this transform."""
-    cols = np.array([0.0, width, width, 0.0])
-    rows = np.array([0.0, 0.0, height, height])
-    xs, ys = _apply(transform, cols, rows)
-    return shapely.Polygon(np.column_stack([xs, ys]))
-
-
-def _apply(transform: Affine, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """An affine transform applied to coordinate arrays (vectorised)."""
-    return (transform.a * xs + transform.b * ys + transform.c,
-            transform.d * xs + transform.e * ys + transform.f)
-
-
 _LIKELY_CAUSES = (
     "Likely causes: the labels' CRS is declared wrong (coordinates in metres tagged EPSG:4326, "
     "or latitude/longitude swapped) or they belong to another raster."
@@ -664,7 +641,7 @@ def _check_overlap(samples: _Samples, src: DatasetReader, raster_path: Path) -> 
             f"input_class_data has no feature with an area and finite coordinates in the raster's "
             f"CRS {crs}, so nothing can label {raster_path}. {_LIKELY_CAUSES}"
         )
-    raster_footprint = _footprint(src.transform, src.width, src.height)
+    raster_footprint = pixel_footprint(src.transform, src.width, src.height)
     if len(samples.frame.sindex.query(raster_footprint, predicate="intersects")):
         return
     left, bottom, right, top = (f"{v:.6g}" for v in samples.frame.total_bounds)
@@ -824,7 +801,7 @@ def _export_chips(src: DatasetReader, samples: _Samples, masks: gpd.GeoDataFrame
         # A chip larger than the raster overhangs it: only its part on the raster holds
         # data, so only that part may carry labels.
         on_raster = window.intersection(raster_window)
-        footprint = _footprint(src.window_transform(on_raster), on_raster.width, on_raster.height)
+        footprint = pixel_footprint(src.window_transform(on_raster), on_raster.width, on_raster.height)
         chip_boxes, values = _window_objects(samples, footprint, chip_transform, options)
         if len(values) == 0 and not options.keep_background:
             tally.skipped["no feature"] += 1
@@ -869,7 +846,7 @@ def _window_objects(samples: _Samples, footprint: shapely.Polygon, chip_transfor
     inside = shapely.intersection(samples.map_geoms[hits], footprint)
     ratio = shapely.area(inside) / samples.map_areas[hits]
     keep = (ratio > 0) & (ratio >= options.min_overlap - _RATIO_TOLERANCE)
-    chip_boxes = _chip_pixel_bounds(inside[keep], ~chip_transform)
+    chip_boxes = polygons_to_boxes(inside[keep], chip_transform).numpy()
     tile_x, tile_y = options.tile
     chip_boxes[:, 0::2] = chip_boxes[:, 0::2].clip(0, tile_x)
     chip_boxes[:, 1::2] = chip_boxes[:, 1::2].clip(0, tile_y)
@@ -881,30 +858,6 @@ def _window_objects(samples: _Samples, footprint: shapely.Polygon, chip_transfor
         (chip_boxes[:, 3] - chip_boxes[:, 1]) > _MIN_BOX_PIXELS
     )
     return chip_boxes[sized], values[sized]
-
-
-def _chip_pixel_bounds(map_geoms: np.ndarray, to_pixels: Affine) -> np.ndarray:
-    """Pixel bounding boxes of map-space geometries.
-
-    Every vertex goes through ``to_pixels`` (map → chip pixels) before taking the
-    min/max, so the box is right for rotated or sheared transforms too.
-
-    Args:
-        map_geoms: ``object[K]`` non-empty shapely geometries in map coordinates.
-        to_pixels: the inverse of the chip's transform.
-
-    Returns:
-        ``float64[K, 4]`` ``(xmin, ymin, xmax, ymax)`` in chip pixels (edges, unrounded).
-    """
-    if len(map_geoms) == 0:
-        return np.zeros((0, 4))
-    coords, owner = shapely.get_coordinates(map_geoms, return_index=True)
-    cols, rows = _apply(to_pixels, coords[:, 0], coords[:, 1])
-    starts = np.flatnonzero(np.diff(owner, prepend=-1))  # owner is sorted: one run per geometry
-    return np.column_stack([
-        np.minimum.reduceat(cols, starts), np.minimum.reduceat(rows, starts),
-        np.maximum.reduceat(cols, starts), np.maximum.reduceat(rows, starts),
-    ])
 
 
 def _write_chip(path: Path, pixels: np.ndarray, driver: str, src: DatasetReader, chip_transform: Affine) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "polygons_to_boxes",
     "detections_frame",
     "esri_spatial_reference",
+    "pixel_footprint",
     "resolve_output",
     "write_features",
 ]
@@ -124,6 +125,19 @@ def boxes_to_polygons(raster_boxes: Tensor | np.ndarray, transform: Affine) -> n
     map_x = a * cols + b * rows + c
     map_y = d * cols + e * rows + f
     return shapely.polygons(np.stack([map_x, map_y], axis=2))
+
+
+def pixel_footprint(transform: Affine, width: float, height: float) -> shapely.Polygon:
+    """The map polygon a ``width`` × ``height`` pixel grid covers: a raster's or a window's footprint.
+
+    :func:`boxes_to_polygons` of the one box ``(0, 0, width, height)``: exact for rotated pixels.
+
+    Examples:
+        >>> from affine import Affine
+        >>> pixel_footprint(Affine(0.5, 0, 500000, 0, -0.5, 4650005), 20, 10).bounds
+        (500000.0, 4650000.0, 500010.0, 4650005.0)
+    """
+    return boxes_to_polygons(np.array([[0.0, 0.0, width, height]]), transform)[0]
 
 
 def polygons_to_boxes(map_geoms: Sequence[Any] | np.ndarray, transform: Affine) -> Tensor:

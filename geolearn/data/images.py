@@ -44,14 +44,19 @@ class ImageInfo:
     dtype: str
 
 
+# What to do about a chip that cannot be opened (open_image's default advice).
+_CHIP_FIX = "Replace or delete the chip and its label file."
+
+
 @contextmanager
-def open_image(path: Path) -> Iterator[rasterio.DatasetReader]:
+def open_image(path: Path, fix: str = _CHIP_FIX) -> Iterator[rasterio.DatasetReader]:
     """Opens a chip for reading, as a context manager.
 
     GDAL's ``NotGeoreferencedWarning`` (plain PNG/JPEG chips) is silenced while opening.
 
     Args:
         path: the chip file (any format rasterio reads).
+        fix: what the error message tells the user to do; default: replace or delete the chip.
 
     Yields:
         The open rasterio dataset; it is closed when the ``with`` block ends.
@@ -74,7 +79,7 @@ def open_image(path: Path) -> Iterator[rasterio.DatasetReader]:
             src = rasterio.open(path)
     except RasterioIOError as err:
         raise ImageReadError(
-            f"{path}: cannot be read as an image ({err}). Replace or delete the chip and its label file."
+            f"{path}: cannot be read as an image ({err}). {fix}"
         ) from None
     with src:
         yield src

@@ -43,8 +43,10 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
+from shapely.geometry import Polygon
 from torch import Tensor
 
+from geolearn.data.georef import pixel_footprint
 from geolearn.data.images import open_image
 from geolearn.errors import BandMismatchError, ImageReadError
 
@@ -85,6 +87,12 @@ class RasterInfo:
     crs: Any
     nodata: float | None
 
+    @property
+    def footprint(self) -> Polygon:
+        """The raster's extent in its own CRS: the affine applied to the pixel grid's four corners
+        (exact for rotated rasters too)."""
+        return pixel_footprint(self.transform, self.width, self.height)
+
 
 def read_raster_info(path: str | Path) -> RasterInfo:
     """Reads a raster's header (no pixels).
@@ -106,10 +114,50 @@ def read_raster_info(path: str | Path) -> RasterInfo:
         (256, 256, 3, 'uint8', 32633, 0.0)
         >>> info.transform.a, info.transform.e  # pixel size in metres; rows run south
         (0.3, -0.3)
+        >>> info.footprint.bounds == (info.transform.c, info.transform.f - 0.3 * 256, info.transform.c + 0.3 * 256,
+        ...                           info.transform.f)
+        True
     """
     path = Path(path)
-    with open_image(path) as src:
+    with open_image(path, fix="Give a GeoTIFF, VRT or another file GDAL reads.") as src:
         return RasterInfo(path, src.width, src.height, src.count, src.dtypes[0], src.transform, src.crs, src.nodata)
+
+
+def user_block_cache() -> bool:
+    """Whether the user set GDAL's block cache (``GDAL_CACHEMAX`` in the environment or a ``rasterio.Env``)."""
+    return "GDAL_CACHEMAX" in os.environ or (rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv())
+
+
+def bounded_block_cache(src: DatasetReader, window_height: int, n_bands: int, dtype: str) -> rasterio.Env:
+    """GDAL's block cache capped to what a row-major sweep of windows needs.
+
+    GDAL keeps every decoded block until its cache (5 % of RAM by default) is full, so a sweep over
+    a large raster would end up holding most of it. Row-major windows revisit only the blocks of
+    the current and the previous row of windows: a cache of two such strips (bands and mask, at
+    least 16 MiB) still decodes each block once, and memory stops growing with the raster. The
+    export and :class:`WindowReader` both sweep so; callers skip this when :func:`user_block_cache`.
+
+    Args:
+        src: the open raster.
+        window_height: rows of one window, pixels.
+        n_bands: bands read.
+        dtype: their numpy dtype name.
+
+    Returns:
+        A ``rasterio.Env`` to read inside.
+
+    Examples:
+        >>> import tempfile
+        >>> from geolearn.sample import make_scene
+        >>> with rasterio.open(make_scene(tempfile.mkdtemp(), size=256).raster) as src:
+        ...     env = bounded_block_cache(src, 64, 3, "uint8")
+        >>> env.options["GDAL_CACHEMAX"] == 16 * 2**20  # a small raster: the 16 MiB floor
+        True
+    """
+    block_height = src.block_shapes[0][0] if src.block_shapes else 1
+    bytes_per_pixel = n_bands * np.dtype(dtype).itemsize + 1  # + 1: the mask
+    strip_bytes = (window_height + block_height) * src.width * bytes_per_pixel
+    return rasterio.Env(GDAL_CACHEMAX=max(16 * 2**20, 2 * strip_bytes))
 
 
 def select_bands(info: RasterInfo, bands: Sequence[int] | None, n_bands: int | None = None) -> list[int]:
@@ -255,9 +303,7 @@ class WindowReader:
         self.windows_read = 0
         self.windows_skipped = 0
         # Read here, in the caller's thread: rasterio's environment is thread-local.
-        self._user_cache = "GDAL_CACHEMAX" in os.environ or (
-            rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()
-        )
+        self._user_cache = user_block_cache()
 
     @property
     def dtype(self) -> np.dtype:
@@ -320,21 +366,10 @@ class WindowReader:
             self._put(batches, _Failure(err), stop)
 
     def _bounded_block_cache(self, src: DatasetReader) -> contextlib.AbstractContextManager:
-        """Caps GDAL's block cache while reading, unless the user set GDAL_CACHEMAX.
-
-        GDAL keeps every decoded block until its cache (5 % of RAM by default) is full, so a
-        sweep over a large raster would end up holding most of it. Row-major windows revisit only
-        the blocks of the current and the previous row of windows: a cache of two such strips
-        (bands and mask, at least 16 MiB) still decodes each block once, and memory stops growing
-        with the raster.
-        """
+        """:func:`bounded_block_cache` for this reader's windows (the user's GDAL_CACHEMAX read in the caller's thread)."""
         if self._user_cache or not len(self.windows):
             return contextlib.nullcontext()
-        size = int(self.windows[0, 2])
-        block_height = src.block_shapes[0][0] if src.block_shapes else 1
-        bytes_per_pixel = len(self.bands) * np.dtype(self.info.dtype).itemsize + 1  # + 1: the mask
-        strip_bytes = (size + block_height) * src.width * bytes_per_pixel
-        return rasterio.Env(GDAL_CACHEMAX=max(16 * 2**20, 2 * strip_bytes))
+        return bounded_block_cache(src, int(self.windows[0, 2]), len(self.bands), self.info.dtype)
 
     def _read_all(self, src: DatasetReader, batches: queue.Queue, stop: threading.Event) -> None:
         indexes = [b + 1 for b in self.bands]

@@ -23,7 +23,6 @@ import glob
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +33,11 @@ from shapely.geometry import Polygon
 
 from geolearn.errors import (
     CRSMismatchError,
-    ImageReadError,
     InputNotFoundError,
     InvalidArgumentError,
     OutputExistsError,
 )
+from geolearn.data.raster_windows import RasterInfo, read_raster_info
 from geolearn.inference import defaults
 from geolearn.inference.merge import merge_tile_seams, suppress_overlaps
 
@@ -48,11 +47,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MODEL_ARGUMENTS",
     "RASTER_SUFFIXES",
-    "RasterHeader",
     "detect_objects",
     "merge_detections",
     "parse_model_arguments",
-    "read_header",
     "resolve_rasters",
 ]
 
@@ -232,68 +229,6 @@ def resolve_rasters(input_raster: PathLike | Sequence[PathLike]) -> list[Path]:
     return list(dict.fromkeys(p.resolve() for p in found))
 
 
-@dataclass(frozen=True)
-class RasterHeader:
-    """What the merge needs to know of one input raster, read from its header.
-
-    Attributes:
-        path: the raster file.
-        crs: its CRS (None when it has none).
-        footprint: its extent as a polygon in its own CRS (the affine applied to the pixel
-            grid's four corners, so rotated rasters are exact).
-        width: size in pixels, across.
-        height: size in pixels, down.
-
-    Examples:
-        See :func:`read_header`, which returns it.
-    """
-
-    path: Path
-    crs: Any
-    footprint: Polygon
-    width: int
-    height: int
-
-
-def read_header(path: Path) -> RasterHeader:
-    """Reads a raster's :class:`RasterHeader` (no pixels).
-
-    Args:
-        path: the raster file (anything rasterio opens).
-
-    Returns:
-        Its path, CRS, footprint in that CRS, width and height.
-
-    Raises:
-        ImageReadError: rasterio cannot open the file.
-
-    Examples:
-        >>> import tempfile
-        >>> import rasterio
-        >>> from rasterio.transform import from_origin
-        >>> path = Path(tempfile.mkdtemp()) / "tile.tif"  # 20 x 10 px at 0.5 m in UTM 33N
-        >>> with rasterio.open(path, "w", driver="GTiff", width=20, height=10, count=1, dtype="uint8",
-        ...                    crs="EPSG:32633", transform=from_origin(500000, 4650005, 0.5, 0.5)):
-        ...     pass
-        >>> header = read_header(path)
-        >>> header.crs.to_epsg(), header.footprint.bounds, (header.width, header.height)
-        (32633, (500000.0, 4650000.0, 500010.0, 4650005.0), (20, 10))
-    """
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    try:
-        with rasterio.open(path) as src:
-            transform, width, height, crs = src.transform, src.width, src.height, src.crs
-    except RasterioIOError as err:
-        raise ImageReadError(f"{path}: cannot be opened as a raster ({err}); give a GeoTIFF, VRT or another "
-                             "file GDAL reads.") from None
-    a, b, c, d, e, f = tuple(transform)[:6]
-    corners = [(a * col + b * row + c, d * col + e * row + f)
-               for col, row in ((0, 0), (width, 0), (width, height), (0, height))]
-    return RasterHeader(Path(path), crs, Polygon(corners), width, height)
-
-
 def _check_output(output_name: PathLike, overwrite: bool) -> Path:
     """The output file (``.gpkg`` added to a name without suffix), checked before any detection runs."""
     from geolearn.data.georef import resolve_output
@@ -337,7 +272,7 @@ def _load_model(model: Any) -> Any:
     return model
 
 
-def _tile_crs(headers: Sequence[RasterHeader]) -> Any:
+def _tile_crs(headers: Sequence[RasterInfo]) -> Any:
     """The output CRS: the first raster's. Rasters with and without a CRS cannot be mixed."""
     with_crs = [h for h in headers if h.crs is not None]
     if with_crs and len(with_crs) < len(headers):
@@ -349,7 +284,7 @@ def _tile_crs(headers: Sequence[RasterHeader]) -> Any:
     return headers[0].crs
 
 
-def _footprint_in(header: RasterHeader, crs: Any) -> Polygon:
+def _footprint_in(header: RasterInfo, crs: Any) -> Polygon:
     if header.crs is None or crs is None or header.crs == crs:
         return header.footprint
     # Densified first: a straight tile edge is curved in another projection.
@@ -360,7 +295,7 @@ def _footprint_in(header: RasterHeader, crs: Any) -> Polygon:
 
 def merge_detections(
     frames: Sequence[gpd.GeoDataFrame],
-    headers: Sequence[RasterHeader],
+    headers: Sequence[RasterInfo],
     *,
     run_nms: bool = True,
     max_overlap_ratio: float = 0.0,
@@ -374,7 +309,7 @@ def merge_detections(
 
     Args:
         frames: ``RetinaNet.detect_objects`` output per raster, in the rasters' order.
-        headers: :func:`read_header` per raster, same order.
+        headers: :func:`~geolearn.data.raster_windows.read_raster_info` per raster, same order.
         run_nms: apply :func:`suppress_overlaps`.
         max_overlap_ratio: its IoU in [0, 1].
         class_agnostic: seams and NMS ignore the class.
@@ -392,7 +327,7 @@ def merge_detections(
         ...     with rasterio.open(folder / name, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8",
         ...                        crs="EPSG:32633", transform=from_origin(left, 4650010, 1, 1)):
         ...         pass
-        >>> headers = [read_header(folder / "west.tif"), read_header(folder / "east.tif")]
+        >>> headers = [read_raster_info(folder / "west.tif"), read_raster_info(folder / "east.tif")]
         >>> west = gpd.GeoDataFrame({"Class": ["pool", "tree"], "Confidence": [70.0, 80.0]}, crs="EPSG:32633",
         ...                         geometry=[box(500007, 4650004, 500010, 4650006),  # cut by the seam x = 500010
         ...                                   box(500002, 4650002, 500004, 4650004)])
@@ -488,7 +423,7 @@ def detect_objects(
                                    "in [0, 1]; ArcGIS's default is 0.")
     out_path = _check_output(output_name, overwrite) if output_name is not None else None
     rasters = resolve_rasters(input_raster)
-    headers = [read_header(path) for path in rasters]
+    headers = [read_raster_info(path) for path in rasters]
     class_agnostic = bool(arguments.get("class_agnostic", False))
     if client is None:
         detector = _load_model(model)

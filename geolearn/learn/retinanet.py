@@ -762,10 +762,6 @@ class RetinaNet:
 
     # ------------------------------------------------------------------ prediction
 
-    def _network_input(self, pixels: Tensor) -> Tensor:
-        """Raw ``[C, H, W]`` (or a batch ``[B, C, H, W]``) pixels → the scaled, standardised float32 the network takes."""
-        return self._config.normalization.normalize(pixels)
-
     def predict(
         self,
         image_path: str | Path | np.ndarray,
