@@ -6,6 +6,7 @@ state, no ``plt.show()``): Jupyter shows a returned figure once, scripts save it
 
 from __future__ import annotations
 
+import io
 from typing import Sequence
 
 import numpy as np
@@ -14,7 +15,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 
 __all__ = ["resolve_rgb_bands", "plot_chips", "draw_boxes", "plot_lr_find", "plot_losses", "plot_detections",
-           "plot_ground_truth_and_predictions", "plot_scene_detections"]
+           "plot_ground_truth_and_predictions", "plot_scene_detections", "show_figure"]
 
 
 def resolve_rgb_bands(rgb_bands: Sequence[int | str] | None, band_names: Sequence[str] | None, n_bands: int) -> list[int]:
@@ -410,3 +411,33 @@ def plot_scene_detections(
     ax.set_title(title if title is not None else f"{Path(str(raster)).name}: {len(frame)} detections", fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def show_figure(figure: Figure) -> None:
+    """Displays a figure in Jupyter; elsewhere the caller keeps it (no global pyplot state).
+
+    Examples:
+        >>> show_figure(Figure())  # outside Jupyter: nothing is shown, nothing fails
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    # Without matplotlib's inline backend (IPython 9 no longer loads it until pyplot is
+    # imported) Jupyter shows a Figure as "<Figure size ...>" text: register a PNG formatter.
+    png = shell.display_formatter.formatters["image/png"]
+    try:
+        png.lookup_by_type(Figure)
+    except KeyError:
+        png.for_type(Figure, _figure_png)
+    display(figure)
+
+
+def _figure_png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()

@@ -66,6 +66,8 @@ MODULES = [
     "geolearn.learn.callbacks",
     "geolearn.learn.retinanet",
     "geolearn.learn.config",
+    "geolearn.learn.lr_rule",
+    "geolearn.learn.network_files",
     "geolearn.inference.detect",
     "geolearn.inference.distributed",
     "geolearn.inference.merge",

@@ -154,7 +154,7 @@ def test_overfits_one_chip(tmp_path):
 
 
 def test_lr_suggestion_on_a_flat_then_diverging_curve_stays_well_below_the_takeoff():
-    from geolearn.learn.retinanet import TAKEOFF_DIVISOR, suggest_lr
+    from geolearn.learn.lr_rule import TAKEOFF_DIVISOR, suggest_lr
 
     lrs = torch.logspace(-7, -1, 61).tolist()  # ten points a decade
     losses = [5.0] * 50 + torch.linspace(8.0, 30.0, 11).tolist()  # takes off at lrs[50] = 1e-2
@@ -163,7 +163,7 @@ def test_lr_suggestion_on_a_flat_then_diverging_curve_stays_well_below_the_takeo
 
 
 def test_lr_suggestion_keeps_a_higher_valley_and_a_curve_that_never_takes_off():
-    from geolearn.learn.retinanet import suggest_lr
+    from geolearn.learn.lr_rule import suggest_lr
 
     lrs = torch.logspace(-7, -1, 61).tolist()
     losses = [5.0] * 50 + torch.linspace(8.0, 30.0, 11).tolist()

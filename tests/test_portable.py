@@ -13,7 +13,7 @@ from conftest import firing_retinanet, make_folder
 from geolearn import prepare_data
 from geolearn.cli import main
 from geolearn.data.normalization import Normalization
-from geolearn.learn.retinanet import RetinaNet
+from geolearn.learn.network_files import onnx_network
 from geolearn.models.portable import DecodingNetwork, deepness_metadata
 
 ort = pytest.importorskip("onnxruntime")
@@ -142,9 +142,8 @@ def test_deepness_resolution_is_the_networks_pixel_in_cm_for_metric_crss(tree_mo
 
     # 0.1 m training pixels, enlarged twice (resize_to): the network sees 5 cm pixels.
     config = tree_model.config.replace(cell_size=0.1, crs_wkt=CRS.from_epsg(epsg).to_wkt(), zoom=2.0)
-    monkeypatch.setattr(tree_model, "_config", config)
     captured = {}
-    monkeypatch.setattr("geolearn.learn.retinanet.onnx_bytes", lambda *args: captured.update(meta=args[-1]) or b"")
-    tree_model._onnx()
+    monkeypatch.setattr("geolearn.learn.network_files.onnx_bytes", lambda *args: captured.update(meta=args[-1]) or b"")
+    onnx_network(tree_model.model, config, tree_model.anchors, tree_model.threshold)
     got = captured["meta"].get("resolution")
     assert (json.loads(got) if got is not None else None) == (pytest.approx(resolution) if resolution else None)

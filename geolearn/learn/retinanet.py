@@ -11,8 +11,6 @@ train well from random initialisation on a CPU.
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import logging
 import os
 import time
@@ -29,11 +27,12 @@ from torch import Tensor
 
 from geolearn.data.boxes import pixel_to_unit
 from geolearn.data.esri import DATASET_TYPES
-from geolearn._version import __version__
 from geolearn.errors import GeolearnWarning, OutputExistsError
 from geolearn.inference.defaults import MERGE, NMS_OVERLAP, THRESHOLD, MergeMethod
 from geolearn.inference.predict import detect_raster_objects, image_pixels, predict_image
 from geolearn.learn.evaluation import DetectionSettings, evaluate
+from geolearn.learn.lr_rule import suggest_lr
+from geolearn.learn.network_files import onnx_network, raster_function_network, traced_network
 from geolearn.learn.config import ModelConfig
 from geolearn.learn.emd import read_emd
 from geolearn.learn.package import load_state_dict, resolve_model, save_package
@@ -42,7 +41,6 @@ from geolearn.metrics import average_precision, mean_average_precision, precisio
 from geolearn.models.anchors import make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
 from geolearn.models.loss import RetinaNetLoss, cut_by_edge
-from geolearn.models.portable import deepness_metadata, onnx_bytes, script_bytes
 from geolearn.models.retinanet import build_retinanet, param_groups
 from geolearn.viz import (
     plot_detections,
@@ -50,91 +48,21 @@ from geolearn.viz import (
     plot_losses,
     plot_lr_find,
     resolve_rgb_bands,
+    show_figure,
 )
 
 # fastai (and geolearn.learn.callbacks, built on it) is imported inside the training methods only:
 # a model that only predicts (from_model + predict/detect_objects, e.g. on Dask workers) then
 # never loads it, which saves about 100 MiB of memory and a second of start-up.
 
-__all__ = ["RetinaNet", "suggest_lr"]
+__all__ = ["RetinaNet"]
 
 logger = logging.getLogger(__name__)
 
 
-
-# How far below the take-off of the loss suggest_lr stays (see its docstring).
-TAKEOFF_DIVISOR = 15
-
-# detect_objects' score threshold for a model whose fit did not calibrate one (arcgis.learn's 0.5).
-DEFAULT_THRESHOLD = 0.5
 # The calibration at the end of fit: detections above CALIBRATION_FLOOR, matched at IoU 0.5.
 CALIBRATION_FLOOR = 0.05
 CALIBRATION_IOU = 0.5
-
-
-def suggest_lr(lrs: Sequence[float], losses: Sequence[float], valley_lr: float) -> float:
-    """The learning rate to train with, from a whole LR range test.
-
-    From random weights the loss of a detector stays flat for most of the range test
-    and then shoots up; fastai's ``valley`` then lands anywhere on the flat stretch
-    (1e-5 to 1e-4 on the sample scene, far too slow to learn in a few epochs). The
-    classic rule of thumb for such curves is a tenth of the rate where the loss takes
-    off (first exceeds 1.5x its running minimum). We take a fifteenth: on the sample
-    scene the take-off of a from-scratch RetinaNet moved between 1.3e-2 and 1.9e-2 from
-    run to run, and one-cycle training at 1.9e-3 and 2.6e-3 blew up where 1.3e-3 did not.
-    On a curve with a real valley (pretrained backbones) the valley is usually higher
-    and wins.
-
-    Args:
-        lrs: every rate tried, in order (fastai trims the take-off from what it gives its
-            own suggestion functions, so pass the recorder's full lists).
-        losses: the smoothed loss at each rate.
-        valley_lr: fastai's valley suggestion.
-
-    Returns:
-        The learning rate: ``valley_lr`` or a fifteenth of the take-off rate, whichever is higher.
-
-    Examples:
-        A curve flat until 1e-2, where it doubles: a fifteenth of 1e-2 beats a valley at 1e-5.
-
-        >>> lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
-        >>> round(suggest_lr(lrs, [4.0, 4.0, 3.9, 8.0, 50.0], valley_lr=1e-5), 6)
-        0.000667
-        >>> suggest_lr(lrs, [4.0, 3.0, 2.0, 1.9, 1.8], valley_lr=1e-3)  # no take-off: the valley
-        0.001
-    """
-    losses = torch.as_tensor([float(v) for v in losses], dtype=torch.float64)
-    running_min = torch.cummin(losses, dim=0).values
-    above = torch.nonzero(losses > 1.5 * running_min).flatten()
-    if len(above) == 0:
-        return valley_lr
-    return max(valley_lr, float(lrs[int(above[0])]) / TAKEOFF_DIVISOR)
-
-
-def _show(figure: Figure) -> None:
-    """Displays a figure in Jupyter; elsewhere the caller keeps it (no global pyplot state)."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is None:
-        return
-    # Without matplotlib's inline backend (IPython 9 no longer loads it until pyplot is
-    # imported) Jupyter shows a Figure as "<Figure size ...>" text: register a PNG formatter.
-    png = shell.display_formatter.formatters["image/png"]
-    try:
-        png.lookup_by_type(Figure)
-    except KeyError:
-        png.for_type(Figure, _figure_png)
-    display(figure)
-
-
-def _figure_png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    return buffer.getvalue()
 
 
 class RetinaNet:
@@ -308,7 +236,12 @@ class RetinaNet:
 
     @staticmethod
     def backbones() -> list[str]:
-        """Names of the supported backbones."""
+        """Names of the supported backbones.
+
+        Examples:
+            >>> RetinaNet.backbones()
+            ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152']
+        """
         return list(BACKBONES)
 
     @staticmethod
@@ -372,7 +305,7 @@ class RetinaNet:
         lr = suggest_lr(lrs, losses, float(suggestion.valley))
         self.lr_find_figure = plot_lr_find(lrs, losses, lr)
         if allow_plot:
-            _show(self.lr_find_figure)
+            show_figure(self.lr_find_figure)
         self._config = self._config.replace(learning_rate=float(lr))
         return lr
 
@@ -464,7 +397,7 @@ class RetinaNet:
         fit found nothing on the validation chips) has arcgis.learn's 0.5. Set it to choose
         another.
         """
-        return self._config.threshold if self._config.threshold is not None else DEFAULT_THRESHOLD
+        return self._config.threshold if self._config.threshold is not None else THRESHOLD
 
     @threshold.setter
     def threshold(self, value: float) -> None:
@@ -489,7 +422,7 @@ class RetinaNet:
         self._config = self._config.replace(threshold=cut)
         if cut is None:
             logger.info("no detections on the validation chips: detect_objects keeps the threshold %.2f",
-                        DEFAULT_THRESHOLD)
+                        THRESHOLD)
             return
         f1, precision, recall, _ = curve.best_f1()
         logger.info("detection threshold %.2f: best F1 %.2f (precision %.2f, recall %.2f) on the validation chips",
@@ -528,7 +461,7 @@ class RetinaNet:
     def plot_losses(self) -> Figure:
         """Training loss per batch and validation loss per epoch of the last fit."""
         figure = self._losses_figure()
-        _show(figure)
+        show_figure(figure)
         return figure
 
     def _losses_figure(self) -> Figure:
@@ -667,42 +600,13 @@ class RetinaNet:
         optimizer = None
         if save_optimizer and self.learn is not None and self.learn.opt is not None:
             optimizer = self.learn.opt.state_dict()
-        extra_files = {f"{name}_detector.pt": self._network_script()}
+        extra_files = {f"{name}_detector.pt": raster_function_network(self.model, self._config, self.anchors)}
         if framework.lower() == "torchscript":
-            extra_files[f"{name}.pt"] = self._traced_network()
+            extra_files[f"{name}.pt"] = traced_network(self.model, self._config)
         if framework.lower() == "onnx":
-            extra_files[f"{name}.onnx"] = self._onnx()
+            extra_files[f"{name}.onnx"] = onnx_network(self.model, self._config, self.anchors, self.threshold)
         return save_package(folder, name, state_dict=self.model.state_dict(), emd=emd, optimizer_state=optimizer,
                             figures=figures, extra_files=extra_files)
-
-    def _network_script(self) -> bytes:
-        """The package's TorchScript for its raster function: raw windows → boxes and scores."""
-        config = self._config
-        return script_bytes(self.model, self.anchors, config.chip_size, config.normalization,
-                            window_size=config.window_size)
-
-    def _onnx(self, threshold: float | None = None, nms_overlap: float = NMS_OVERLAP) -> bytes:
-        """The ONNX file of :meth:`export_onnx`."""
-        config = self._config
-        cell_size_m = None  # what the network sees: the training pixels, enlarged by the zoom
-        if config.cell_size is not None and config.crs_wkt is not None:
-            from rasterio.crs import CRS
-
-            if CRS.from_wkt(config.crs_wkt).linear_units in ("metre", "meter"):
-                cell_size_m = config.cell_size / config.zoom
-        metadata = deepness_metadata(
-            config.classes[1:], config.chip_size, config.normalization,
-            threshold=self.threshold if threshold is None else threshold, nms_overlap=nms_overlap,
-            overlap_percent=25, cell_size_m=cell_size_m,
-        )
-        metadata["geolearn"] = json.dumps({
-            "version": __version__, "chip_size": config.chip_size, "zoom": config.zoom,
-            "normalization": config.normalization.to_json(), "class_names": config.classes[1:],
-            "extract_bands": list(config.extract_bands) if config.extract_bands is not None else None,
-            "input": "normalised chips (float32 [batch, bands, chip_size, chip_size])",
-            "output": "[batch, 4 + classes, anchors]: cx, cy, w, h in input pixels, then sigmoid class scores",
-        })
-        return onnx_bytes(self.model, self.anchors, config.chip_size, config.n_bands, metadata)
 
     def export_onnx(self, path: str | Path, *, threshold: float | None = None, nms_overlap: float = NMS_OVERLAP,
                     overwrite: bool = False) -> Path:
@@ -735,7 +639,8 @@ class RetinaNet:
             raise ValueError(f"{path}: give a file name ending in .onnx.")
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path}: exists; pass overwrite=True or choose another name.")
-        content = self._onnx(threshold, nms_overlap)
+        content = onnx_network(self.model, self._config, self.anchors,
+                               self.threshold if threshold is None else threshold, nms_overlap)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
@@ -744,21 +649,6 @@ class RetinaNet:
         finally:
             partial.unlink(missing_ok=True)
         return path
-
-    def _traced_network(self) -> bytes:
-        """The network as TorchScript, traced in eval mode on one chip of the training size."""
-        size = self._config.chip_size
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit's deprecation notices: tracing still works
-                traced = torch.jit.trace(self.model, torch.zeros(1, self._config.n_bands, size, size), strict=False)
-                buffer = io.BytesIO()
-                torch.jit.save(traced, buffer)
-        finally:
-            self.model.train(was_training)
-        return buffer.getvalue()
 
     # ------------------------------------------------------------------ prediction
 
@@ -804,7 +694,7 @@ class RetinaNet:
             self.predict_figure = plot_detections(self._config.normalization.scale(pixels)[self._rgb_bands()],
                                                   image_boxes, found.labels, found.scores, self._config.classes,
                                                   self._class_colors())
-            _show(self.predict_figure)
+            show_figure(self.predict_figure)
         boxes = torch.cat([image_boxes[:, :2], image_boxes[:, 2:] - image_boxes[:, :2]], dim=1).tolist()
         labels = [self._config.classes[i] for i in found.labels.tolist()]
         if return_scores:
@@ -906,7 +796,7 @@ class RetinaNet:
         """
         self._require_data("show_results")
         figure = self._results_figure(rows, thresh, nms_overlap, kwargs.get("rgb_bands"))
-        _show(figure)
+        show_figure(figure)
         return figure
 
     def _results_figure(self, rows: int, thresh: float, nms_overlap: float, rgb_bands=None) -> Figure:
