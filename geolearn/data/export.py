@@ -225,16 +225,7 @@ def export_training_data(
         min_polygon_overlap_ratio=min_polygon_overlap_ratio,
         output_nofeature_tiles=output_nofeature_tiles,
     )
-    if input_class_data is None:
-        raise ValueError(
-            "input_class_data is required: pass the training samples (a vector file or a "
-            "GeoDataFrame with an integer Classvalue field) that label the objects."
-        )
-    if output_location is None:
-        raise ValueError(
-            "output_location is required: pass the folder to write images/, labels/ and the "
-            "Esri metadata files to, e.g. output_location='chips'."
-        )
+    _require_inputs(input_class_data, output_location)
     root = Path(output_location)
     raster_path = Path(input_raster)
     check_output(root, overwrite)
@@ -245,7 +236,7 @@ def export_training_data(
         masks = None
         if input_mask_polygons is not None:
             masks = to_raster_crs(read_vector(input_mask_polygons, "input_mask_polygons"),
-                                   src.crs, "input_mask_polygons", raster_path)
+                                  src.crs, "input_mask_polygons", raster_path)
         # Inputs are all checked before the output folder is touched: a bad call leaves no trace.
         prepare_output(root)
         tally = _Tally.start(samples.classes, src.count)
@@ -268,6 +259,20 @@ def export_training_data(
 
 
 # ----------------------------------------------------------------------------- options
+
+
+def _require_inputs(input_class_data: Any, output_location: Any) -> None:
+    """The two arguments arcgis.learn's signature makes optional and an export cannot go without."""
+    if input_class_data is None:
+        raise ValueError(
+            "input_class_data is required: pass the training samples (a vector file or a "
+            "GeoDataFrame with an integer Classvalue field) that label the objects."
+        )
+    if output_location is None:
+        raise ValueError(
+            "output_location is required: pass the folder to write images/, labels/ and the "
+            "Esri metadata files to, e.g. output_location='chips'."
+        )
 
 
 def _refuse_unsupported(**given: Any) -> None:
