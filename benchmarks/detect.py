@@ -190,7 +190,7 @@ def _bf16_is_fast() -> bool:
 def child_geolearn(raster: Path, warmup: Path, package: Path) -> dict:
     import torch
 
-    from geolearn.learn.precision import resolve_precision
+    from geolearn.models.precision import resolve_precision
     from geolearn.learn.retinanet import RetinaNet
 
     model = RetinaNet.from_model(package)

@@ -62,7 +62,7 @@ MODULES = [
     "geolearn.learn.package",
     "geolearn.learn.emd",
     "geolearn.learn.evaluation",
-    "geolearn.learn.precision",
+    "geolearn.models.precision",
     "geolearn.learn.callbacks",
     "geolearn.learn.retinanet",
     "geolearn.learn.config",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import geolearn.learn.precision as precision
-from geolearn.learn.precision import resolve_precision
+import geolearn.models.precision as precision
+from geolearn.models.precision import resolve_precision
 
 CPU = torch.device("cpu")
 

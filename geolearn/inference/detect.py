@@ -1,7 +1,8 @@
 """``detect_objects``: arcgis.learn's top-level detection over one raster, many, or a mosaic.
 
-The model does the work raster by raster (``RetinaNet.detect_objects``: windows, the
-cross-window merge, georeferencing). What this module adds is what a *set* of rasters
+The model does the work raster by raster (:func:`~geolearn.inference.predict.detect_with_model`:
+for a ``RetinaNet`` its network over windows, the cross-window merge, georeferencing; for any
+other detector its own ``detect_objects``). What this module adds is what a *set* of rasters
 needs, in this order:
 
 1. every raster's detections reprojected to one CRS, the first raster's (logged);
@@ -40,6 +41,7 @@ from geolearn.errors import (
 from geolearn.data.raster_windows import RasterInfo, read_raster_info
 from geolearn.inference import defaults
 from geolearn.inference.merge import merge_tile_seams, suppress_overlaps
+from geolearn.inference.predict import detect_with_model
 
 if TYPE_CHECKING:
     from geolearn.learn.retinanet import RetinaNet
@@ -431,7 +433,7 @@ def detect_objects(
         for index, path in enumerate(rasters, start=1):
             if len(rasters) > 1:
                 logger.info("raster %d/%d: %s", index, len(rasters), path)
-            frames.append(detector.detect_objects(path, **arguments, progress=progress))
+            frames.append(detect_with_model(detector, path, **arguments, progress=progress))
     else:
         from geolearn.inference.distributed import detect_on_cluster
 

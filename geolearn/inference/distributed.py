@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 from collections import Counter, OrderedDict
@@ -36,6 +35,7 @@ from typing import Any
 import geopandas as gpd
 
 from geolearn.errors import InputNotFoundError
+from geolearn.inference.predict import detect_with_model, is_retinanet
 from geolearn.progress import progress_bar
 
 __all__ = ["MAX_CACHED_MODELS", "detect_on_cluster", "load_cached_model", "loaded_packages"]
@@ -136,13 +136,7 @@ def loaded_packages() -> dict[str, int]:
 def _detect_task(raster: str, package: str | None, detector: Any, arguments: Mapping[str, Any]) -> gpd.GeoDataFrame:
     """Runs on a worker: one raster's detections."""
     model = load_cached_model(package) if package is not None else detector
-    return model.detect_objects(Path(raster), **arguments, progress=False)
-
-
-def _is_retinanet(model: Any) -> bool:
-    # Only a loaded module can have made the object; no need to import fastai to find out.
-    module = sys.modules.get("geolearn.learn.retinanet")
-    return module is not None and isinstance(model, module.RetinaNet)
+    return detect_with_model(model, Path(raster), **arguments, progress=False)
 
 
 def detect_on_cluster(
@@ -188,7 +182,7 @@ def detect_on_cluster(
                 raise InputNotFoundError(f"model {model}: no such file or folder; give the model's .dlpk, .emd or "
                                          "its folder (what RetinaNet.save wrote).")
             package = str(Path(model).resolve())
-        elif _is_retinanet(model):
+        elif is_retinanet(model):
             temporary = Path(tempfile.mkdtemp(prefix="geolearn-model-"))
             package = str(model.save(temporary / "model", compute_metrics=False))
             logger.info("saved the model once to %s for the workers", package)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -42,11 +43,12 @@ from geolearn.inference.defaults import (
 from geolearn.inference.raster import detect_raster
 from geolearn.inference.runner import network_runner, predict_tiles, zoomed_runner
 from geolearn.inference.window_merge import ImageDetections
+from geolearn.models.precision import resolve_precision
 
 if TYPE_CHECKING:
     from geolearn.learn.config import ModelConfig
 
-__all__ = ["image_pixels", "predict_image", "detect_raster_objects"]
+__all__ = ["image_pixels", "predict_image", "detect_raster_objects", "detect_with_model", "is_retinanet"]
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +216,49 @@ def detect_raster_objects(
     if out_path is not None:
         write_features(frame, out_path, overwrite=overwrite)
     return frame
+
+
+def is_retinanet(model: Any) -> bool:
+    """Whether ``model`` is a geolearn ``RetinaNet`` (False for other detectors with a ``detect_objects``).
+
+    Examples:
+        >>> is_retinanet(object())
+        False
+    """
+    # Only a loaded module can have made the object; no need to import fastai to find out.
+    module = sys.modules.get("geolearn.learn.retinanet")
+    return module is not None and isinstance(model, module.RetinaNet)
+
+
+def detect_with_model(model: Any, raster: str | Path, out_path: str | Path | None = None, *,
+                      threshold: float | None = None, **settings: Any) -> gpd.GeoDataFrame:
+    """One raster's layer from a model: a ``RetinaNet``'s network, config and anchors through
+    :func:`detect_raster_objects`; any other detector through its own ``detect_objects``.
+
+    ``RetinaNet.detect_objects`` and :func:`geolearn.inference.detect.detect_objects` both come
+    here, so a RetinaNet's calibrated threshold (:attr:`~geolearn.learn.config.ModelConfig.score_threshold`)
+    and its ``mixed_precision`` setting are applied in one place.
+
+    Args:
+        model: a ``RetinaNet``, or any object with ``detect_objects(raster, out_path, **settings)``.
+        raster: the raster.
+        out_path: where to write the layer, or None.
+        threshold: lowest score reported; None: the model's calibrated threshold (else 0.5).
+            Keyword only.
+        **settings: the other keyword arguments of ``RetinaNet.detect_objects``.
+
+    Examples:
+        See ``RetinaNet.detect_objects``.
+    """
+    if not is_retinanet(model):
+        return model.detect_objects(raster, out_path, **({} if threshold is None else {"threshold": threshold}),
+                                    **settings)
+    device = next(model.model.parameters()).device
+    return detect_raster_objects(
+        model.model, model.config, model.anchors, raster, out_path,
+        threshold=model.config.score_threshold if threshold is None else threshold,
+        autocast_dtype=resolve_precision(model.mixed_precision, device), **settings,
+    )
 
 
 def _is_channels_last(network: nn.Module) -> bool:

@@ -6,7 +6,7 @@ Only training uses them, and only training imports fastai (this module, the data
 never loads it.
 
 fastai's ``MixedPrecision`` callback autocasts on CUDA only. Recent CPUs with AMX or AVX512-BF16
-train RetinaNet about 3× faster in bfloat16 than in float32 (:func:`geolearn.learn.precision.resolve_precision`
+train RetinaNet about 3× faster in bfloat16 than in float32 (:func:`geolearn.models.precision.resolve_precision`
 decides where), so :class:`Autocast` does it on any device. bfloat16 has float32's range: no loss
 scaling is needed, which keeps the callback small. float16 needs a gradient scaler and is only
 worth it on CUDA, where fastai's own callback does it.

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from geolearn.data.esri import ClassInfo
 from geolearn.data.normalization import Normalization
+from geolearn.inference.defaults import THRESHOLD
 from geolearn.models.anchors import DEFAULT_RATIOS, DEFAULT_SCALES
 
 __all__ = ["ModelConfig", "DEFAULT_BACKBONE"]
@@ -123,6 +124,11 @@ class ModelConfig:
     def backbone_name(self) -> str:
         """The backbone's name, also for a custom torchvision function."""
         return self.backbone if isinstance(self.backbone, str) else getattr(self.backbone, "__name__", "custom")
+
+    @property
+    def score_threshold(self) -> float:
+        """The score cut detection applies when given none: :attr:`threshold`, else 0.5 (arcgis.learn's)."""
+        return self.threshold if self.threshold is not None else THRESHOLD
 
     @property
     def window_size(self) -> int:

@@ -29,14 +29,14 @@ from geolearn.data.boxes import pixel_to_unit
 from geolearn.data.esri import DATASET_TYPES
 from geolearn.errors import GeolearnWarning, OutputExistsError
 from geolearn.inference.defaults import MERGE, NMS_OVERLAP, THRESHOLD, MergeMethod
-from geolearn.inference.predict import detect_raster_objects, image_pixels, predict_image
+from geolearn.inference.predict import detect_with_model, image_pixels, predict_image
 from geolearn.learn.evaluation import DetectionSettings, evaluate
 from geolearn.learn.lr_rule import suggest_lr
 from geolearn.learn.network_files import onnx_network, raster_function_network, traced_network
 from geolearn.learn.config import ModelConfig
 from geolearn.learn.emd import read_emd
 from geolearn.learn.package import load_state_dict, resolve_model, save_package
-from geolearn.learn.precision import resolve_precision
+from geolearn.models.precision import resolve_precision
 from geolearn.metrics import average_precision, mean_average_precision, precision_recall
 from geolearn.models.anchors import make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
@@ -397,7 +397,7 @@ class RetinaNet:
         fit found nothing on the validation chips) has arcgis.learn's 0.5. Set it to choose
         another.
         """
-        return self._config.threshold if self._config.threshold is not None else THRESHOLD
+        return self._config.score_threshold
 
     @threshold.setter
     def threshold(self, value: float) -> None:
@@ -766,12 +766,11 @@ class RetinaNet:
             ValueError: ``padding`` outside ``[0, chip_size / 2)``, an unknown suffix or ``merge``.
             ImageReadError: the raster cannot be opened or read.
         """
-        return detect_raster_objects(
-            self.model, self._config, self.anchors, raster, out_path,
-            threshold=self.threshold if threshold is None else threshold, nms_overlap=nms_overlap, padding=padding,
+        return detect_with_model(
+            self, raster, out_path, threshold=threshold, nms_overlap=nms_overlap, padding=padding,
             batch_size=batch_size, exclude_pad_detections=exclude_pad_detections, merge=merge,
             class_agnostic=class_agnostic, bands=bands, progress=progress, overwrite=overwrite,
-            autocast_dtype=self._precision_dtype(), test_time_augmentation=test_time_augmentation,
+            test_time_augmentation=test_time_augmentation,
         )
 
     def _rgb_bands(self) -> list[int]:
