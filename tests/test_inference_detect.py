@@ -188,6 +188,18 @@ def test_the_model_receives_the_model_arguments(tiles):
     assert seen == [{"threshold": 0.3, "padding": 8, "progress": False}]
 
 
+def test_a_detector_without_out_path_is_called_with_what_was_given(tiles):
+    seen = []
+
+    class RasterOnly(BrightSquares):
+        def detect_objects(self, raster, **kwargs):  # no out_path: geolearn passes only what was given
+            seen.append(kwargs)
+            return super().detect_objects(raster, **kwargs)
+
+    assert len(detect_objects(tiles[:1], RasterOnly(), progress=False)) > 0
+    assert seen == [{"progress": False}]
+
+
 # ----------------------------------------------------------------------------- final NMS and CRSs
 
 def fixed(rows, crs=CRS):

@@ -54,6 +54,26 @@ def test_sequences_become_tuples_and_the_config_is_frozen():
     assert config.replace(threshold=0.5).threshold == 0.5 and config.threshold == 0.31
 
 
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"scales": [-1, 1]}, r"scales=\[-1, 1\]: give a non-empty list of positive numbers"),
+    ({"scales": []}, r"scales=\[\]: give a non-empty list"),
+    ({"ratios": "huge"}, r"ratios='huge': give a non-empty list"),
+    ({"chip_size": 0}, r"chip_size=0: give the training chips' side"),
+    ({"zoom": 0}, r"zoom=0: network pixels per imagery pixel"),
+    ({"threshold": 1.2}, r"threshold=1.2: a detection score between 0 and 1"),
+    ({"n_bands": 3}, r"normalization has 4 bands, the model reads 3"),
+    ({"class_infos": []}, r"classes=\[\]: give a non-empty list of ClassInfo"),
+])
+def test_a_value_no_network_could_use_is_refused_naming_the_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        multispectral_config(**changes)
+
+
+def test_the_score_threshold_is_the_calibrated_one_else_arcgis_default():
+    assert multispectral_config().score_threshold == 0.31
+    assert multispectral_config(threshold=None).score_threshold == 0.5
+
+
 def test_the_emd_round_trip_gives_back_the_same_config(tmp_path):
     config = multispectral_config()
     (tmp_path / "roofs.pth").write_bytes(b"")  # read_emd wants the weights file beside the EMD

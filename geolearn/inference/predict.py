@@ -250,9 +250,9 @@ def detect_with_model(model: Any, raster: str | Path, out_path: str | Path | Non
     Examples:
         See ``RetinaNet.detect_objects``.
     """
-    if not is_retinanet(model):
-        return model.detect_objects(raster, out_path, **({} if threshold is None else {"threshold": threshold}),
-                                    **settings)
+    if not is_retinanet(model):  # called as geolearn called detectors before: out_path and threshold only when given
+        given = {"out_path": out_path, "threshold": threshold}
+        return model.detect_objects(raster, **{k: v for k, v in given.items() if v is not None}, **settings)
     device = next(model.model.parameters()).device
     return detect_raster_objects(
         model.model, model.config, model.anchors, raster, out_path,

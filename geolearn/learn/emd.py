@@ -518,9 +518,8 @@ def _read_scale(reader: _EmdReader, geolearn: dict[str, Any]) -> dict[str, Any]:
         low, high = reader.emd.get("MinCellSize"), reader.emd.get("MaxCellSize")
         if isinstance(low, dict) and low == high and isinstance(low.get("x"), (int, float)):
             cell_size = float(low["x"])
-    if isinstance(cell_size, bool) or not isinstance(cell_size, (int, float)):
-        cell_size = None
-    return {"resize_to": resize_to, "zoom": zoom, "cell_size": cell_size}
+    numeric = isinstance(cell_size, (int, float)) and not isinstance(cell_size, bool)
+    return {"resize_to": resize_to, "zoom": zoom, "cell_size": float(cell_size) if numeric else None}
 
 
 def _read_band_names(reader: _EmdReader, geolearn: dict[str, Any], is_multispectral: bool) -> list[str] | None:
