@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import warnings
 from pathlib import Path
@@ -13,6 +14,21 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from geolearn.data.labels import ChipLabels, write_kitti, write_voc
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """The session's .dlpk extractions go to a temporary cache, never the user's ~/.cache/geolearn.
+
+    Set in os.environ so that subprocesses (the CLI tests) inherit it too.
+    """
+    before = os.environ.get("GEOLEARN_CACHE_DIR")
+    os.environ["GEOLEARN_CACHE_DIR"] = str(tmp_path_factory.mktemp("geolearn-cache"))
+    yield
+    if before is None:
+        os.environ.pop("GEOLEARN_CACHE_DIR", None)
+    else:
+        os.environ["GEOLEARN_CACHE_DIR"] = before
+
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import stat
 import zipfile
 from pathlib import Path
@@ -356,6 +357,30 @@ def test_resolve_model_on_emd_folder_and_dlpk_gives_the_same_model(tmp_path: Pat
     # resolving the .dlpk again reuses the extracted folder
     assert resolve_model(folder / "pools.dlpk") == from_dlpk
     assert len(list((tmp_path / "cache" / "dlpk").iterdir())) == 1
+
+
+def test_default_cache_keeps_the_most_recently_loaded_packages(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(package, "CACHE_KEEP", 2)
+    cache = tmp_path / "cache" / "dlpk"
+    folders = {name: save_tiny(tmp_path / "models" / name, name=name) for name in ("a", "b", "c")}
+    extracted = {}
+    for age, name in enumerate(("a", "b")):
+        extracted[name] = resolve_model(folders[name] / f"{name}.dlpk")[1]
+        os.utime(extracted[name], (1_000_000 + age, 1_000_000 + age))  # a loaded before b
+    assert resolve_model(folders["a"] / "a.dlpk")[1] == extracted["a"]  # reloading a makes it the newest
+    stale = cache / ".old-0123.extracting-abcd1234"
+    stale.mkdir()
+    os.utime(stale, (1_000_000, 1_000_000))  # left by a killed extraction long ago
+    fresh = cache / ".new-0123.extracting-abcd1234"
+    fresh.mkdir()  # another process extracting now
+    resolve_model(folders["c"] / "c.dlpk")
+    kept = sorted(p.name.split("-")[0] for p in cache.iterdir())
+    assert kept == [".new", "a", "c"]  # b was least recently loaded; the live staging folder stays
+    # a folder the caller names is the caller's: nothing there is removed
+    mine = tmp_path / "mine"
+    for name in ("a", "b", "c"):
+        resolve_model(folders[name] / f"{name}.dlpk", extract_dir=mine)
+    assert len(list(mine.iterdir())) == 3
 
 
 def test_read_emd_round_trips_build_emd(tmp_path: Path) -> None:

@@ -22,6 +22,10 @@ Decisions, each one deliberate:
   SHA-256 (under ``$GEOLEARN_CACHE_DIR/dlpk``, else ``$XDG_CACHE_HOME/geolearn/dlpk``, else
   ``~/.cache/geolearn/dlpk``), never next to the user's files. Extraction goes to a temporary
   sibling that is renamed into place, so a cache folder that exists is complete and is reused.
+  The default cache keeps the :data:`CACHE_KEEP` most recently loaded packages and removes
+  older ones (and extractions a killed process left half-done): without a bound it grows by one
+  folder, often hundreds of MB, per package ever loaded. A folder given as ``extract_dir`` is
+  the caller's and is never pruned.
   Every entry is checked *before* anything is written: absolute paths, ``..`` components,
   symbolic links and special files are refused.
 - **Saving replaces the whole folder** (:func:`save_package`): a model folder is geolearn's own
@@ -46,6 +50,7 @@ import pickle
 import re
 import shutil
 import stat
+import time
 import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -76,6 +81,10 @@ _PACKAGE_FILES = (METRICS_FILE, INFERENCE_FUNCTION, ARCGIS_INFERENCE_FUNCTION)
 # Entries stored uncompressed in the .dlpk: deflating float weights or PNGs costs seconds, saves ~5 %.
 _STORED_SUFFIXES = {".pth", ".pt", ".png", ".onnx"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Extracted packages the default cache keeps, most recently loaded first (see the module doc).
+CACHE_KEEP = 8
+# A hidden ``.<name>.extracting-*`` folder older than this was left by a killed extraction.
+_STALE_SECONDS = 3600
 
 
 # ----------------------------------------------------------------------------- finding the EMD
@@ -134,6 +143,7 @@ def _extract_dlpk(dlpk: Path, cache: Path) -> Path:
         entries = _safe_entries(archive, dlpk)  # all checked before anything is written
         target = cache / f"{dlpk.stem}-{_sha256(dlpk)[:16]}"
         if target.is_dir():
+            os.utime(target)  # marks it recently used for _prune_cache
             return target
         cache.mkdir(parents=True, exist_ok=True)
         staging = cache / f".{target.name}.extracting-{uuid.uuid4().hex[:8]}"
@@ -158,6 +168,24 @@ def _extract_dlpk(dlpk: Path, cache: Path) -> Path:
             raise
     logger.info("extracted %s into %s", dlpk, target)
     return target
+
+
+def _prune_cache(cache: Path, keep: int) -> None:
+    """Removes all but the ``keep`` most recently used extractions in ``cache``, and stale staging folders."""
+    now = time.time()
+    finished = []
+    for entry in cache.iterdir():
+        if not entry.is_dir():
+            continue
+        age = now - entry.stat().st_mtime
+        if entry.name.startswith("."):
+            if ".extracting-" in entry.name and age > _STALE_SECONDS:
+                shutil.rmtree(entry, ignore_errors=True)
+        else:
+            finished.append((age, entry))
+    for _, entry in sorted(finished)[keep:]:
+        shutil.rmtree(entry, ignore_errors=True)
+        logger.info("removed %s from the .dlpk cache (it keeps the %d most recently loaded)", entry, keep)
 
 
 def _single_emd(folder: Path, origin: Path) -> Path:
@@ -187,7 +215,8 @@ def resolve_model(path: str | Path, *, extract_dir: str | Path | None = None) ->
         extract_dir: where ``.dlpk`` archives are extracted (a subfolder per archive, named
             after the archive and its SHA-256, reused when present). Default None: the user cache
             (``$GEOLEARN_CACHE_DIR/dlpk``, else ``$XDG_CACHE_HOME/geolearn/dlpk``, else
-            ``~/.cache/geolearn/dlpk``). Keyword only.
+            ``~/.cache/geolearn/dlpk``), which keeps the :data:`CACHE_KEEP` most recently loaded
+            packages. Keyword only.
 
     Returns:
         ``(emd path, its folder)``.
@@ -218,8 +247,12 @@ def resolve_model(path: str | Path, *, extract_dir: str | Path | None = None) ->
     elif path.suffix.lower() == ".emd":
         emd = path
     elif path.suffix.lower() == ".dlpk":
-        cache = Path(extract_dir) if extract_dir is not None else _cache_dir()
-        emd = _single_emd(_extract_dlpk(path, cache), path)
+        if extract_dir is not None:
+            emd = _single_emd(_extract_dlpk(path, Path(extract_dir)), path)
+        else:
+            extracted = _extract_dlpk(path, _cache_dir())
+            _prune_cache(extracted.parent, CACHE_KEEP)
+            emd = _single_emd(extracted, path)
     else:
         raise ModelDefinitionError(
             f"{path}: a {path.suffix or 'suffix-less'} file is not a model package; give the model's .emd, "
