@@ -88,7 +88,8 @@ from geolearn.data.georef import detections_frame  # noqa: E402
 from geolearn.data.labels import read_voc  # noqa: E402
 from geolearn.data.normalization import Normalization  # noqa: E402
 from geolearn.data.transforms import default_batch_transforms  # noqa: E402
-from geolearn.learn.retinanet import CALIBRATION_FLOOR, CALIBRATION_IOU, RetinaNet  # noqa: E402
+from geolearn.learn.retinanet import RetinaNet  # noqa: E402
+from geolearn.learn.training import CALIBRATION_FLOOR, CALIBRATION_IOU  # noqa: E402
 from geolearn.metrics import average_precision, precision_recall  # noqa: E402
 from geolearn.models.loss import RetinaNetLoss  # noqa: E402
 from geolearn.models.postprocess import Detections  # noqa: E402
@@ -433,7 +434,7 @@ def train_bare(chips: Path, budget: dict, seed: int = 0) -> tuple[nn.Module, flo
 
 
 def calibrate_bare(model: nn.Module, valid: ChipDataset) -> float:
-    """The bare model's output threshold by geolearn's rule (``RetinaNet._calibrate_threshold``):
+    """The bare model's output threshold by geolearn's rule (:func:`geolearn.learn.training.calibrate_threshold`):
     detections down to ``CALIBRATION_FLOOR`` with NMS ``NMS_OVERLAP`` on the validation chips, matched at
     ``CALIBRATION_IOU``, cut at the best F1; 0.5 when it finds nothing."""
     model.eval()

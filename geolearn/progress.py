@@ -24,7 +24,8 @@ def watched() -> bool:
     Examples:
         >>> import io, contextlib
         >>> with contextlib.redirect_stdout(io.StringIO()):  # a log file, a pipe, CI
-        ...     watched()
+        ...     seen = watched()
+        >>> seen
         False
     """
     from fastprogress.fastprogress import IN_NOTEBOOK
@@ -39,10 +40,9 @@ def progress_bar(items: Iterable[T], total: int | None = None, leave: bool = Tru
     Examples:
         >>> import io, contextlib
         >>> with contextlib.redirect_stdout(io.StringIO()) as out:
-        ...     sum(progress_bar(range(4)))
-        6
-        >>> out.getvalue()  # nothing written off a terminal
-        ''
+        ...     total = sum(progress_bar(range(4)))
+        >>> total, out.getvalue()  # nothing written off a terminal
+        (6, '')
     """
     if not watched():
         return items

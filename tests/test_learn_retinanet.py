@@ -237,7 +237,7 @@ def test_fit_calibrates_the_detection_threshold_that_detect_objects_and_the_pack
         seen["floor"], seen["nms"] = settings.detect_thresh, settings.nms_overlap
         return [(found, torch.tensor([1, 1, 2, 1]), torch.tensor([0.8, 0.6, 0.5, 0.3]))], [(crowns, torch.tensor([1, 2, 1]))]
 
-    monkeypatch.setattr("geolearn.learn.retinanet.evaluate", validation_pass)
+    monkeypatch.setattr("geolearn.learn.training.evaluate", validation_pass)
     model.fit(1, lr=1e-3, checkpoint=False)
     assert seen == {"floor": 0.05, "nms": 0.1}
     assert model.threshold == pytest.approx(0.175)
@@ -261,7 +261,7 @@ def test_fit_calibrates_the_detection_threshold_that_detect_objects_and_the_pack
 
 
 def test_no_validation_detections_leave_the_threshold_at_one_half(model, monkeypatch):
-    monkeypatch.setattr("geolearn.learn.retinanet.evaluate", lambda *a: ([(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
+    monkeypatch.setattr("geolearn.learn.training.evaluate", lambda *a: ([(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
                                                                           torch.zeros(0))], [(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))]))
     model.fit(1, lr=1e-3, checkpoint=False)
     assert model.threshold == 0.5

@@ -10,12 +10,11 @@ and strict where a wrong value would silently corrupt training.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterable
 
+from geolearn.atomic import atomic_write
 from geolearn.errors import LabelFormatError
 
 __all__ = [
@@ -154,16 +153,9 @@ def write_json(path: str | Path, content: dict[str, Any]) -> None:
           "Num": 3
         }
     """
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        try:
-            json.dump(content, tmp, indent=2)
-        except BaseException:
-            # e.g. a value json cannot serialise: leave neither a half-written nor a stray file
-            tmp.close()
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
+    text = json.dumps(content, indent=2)  # a value JSON cannot serialise fails here, before any file
+    with atomic_write(path) as partial:
+        partial.write_text(text)
 
 
 def parse_classes(emd: dict[str, Any], path: str | Path) -> list[ClassInfo]:

@@ -21,7 +21,7 @@ from geolearn.inference.defaults import NMS_OVERLAP, THRESHOLD
 from geolearn.models.postprocess import detect
 from geolearn.progress import progress_bar
 
-__all__ = ["DetectionSettings", "batch_targets", "batch_detections", "evaluate"]
+__all__ = ["DetectionSettings", "batch_targets", "batch_detections", "evaluate", "first_chips"]
 
 
 @dataclass(frozen=True)
@@ -144,3 +144,34 @@ def evaluate(model: torch.nn.Module, loader, settings: DetectionSettings, autoca
         predictions += batch_detections(output, settings)
         targets += batch_targets(unit_boxes, labels, settings.chip_size)
     return predictions, targets
+
+
+def first_chips(model: torch.nn.Module, loader, settings: DetectionSettings, autocast_dtype: torch.dtype | None,
+                count: int) -> tuple[list[Tensor], list, list]:
+    """The first ``count`` chips of ``loader``: decoded pixels ``[C, S, S]``, detections and ground truth.
+
+    What ``show_results`` draws: batches are run (as :func:`evaluate` runs them) only until
+    ``count`` chips are in hand. ``loader`` is a fastai DataLoader (its ``decode`` undoes the
+    normalisation).
+
+    Examples:
+        >>> from geolearn.models.anchors import make_anchors
+        >>> from geolearn.models.retinanet import build_retinanet
+        >>> class Loader(list):  # a stand-in for fastai's DataLoader: decode() gives the pixels back
+        ...     def decode(self, batch):
+        ...         return batch
+        >>> batch = (torch.zeros(2, 3, 64, 64), torch.tensor([[[-1.0, -1.0, 0.0, 0.0]]] * 2), torch.tensor([[1]] * 2))
+        >>> network = build_retinanet("resnet18", n_classes=1, pretrained=False)
+        >>> images, found, truth = first_chips(network, Loader([batch] * 3), DetectionSettings(make_anchors(64), 64), None, 3)
+        >>> len(images), images[0].shape, truth[2]
+        (3, torch.Size([3, 64, 64]), (tensor([[ 0.,  0., 32., 32.]]), tensor([1])))
+    """
+    images, predictions, targets = [], [], []
+    for batch in loader:
+        found, truth = evaluate(model, [batch], settings, autocast_dtype, progress=False)
+        images += list(loader.decode(batch)[0].as_subclass(Tensor))
+        predictions += found
+        targets += truth
+        if len(images) >= count:
+            break
+    return images[:count], predictions[:count], targets[:count]

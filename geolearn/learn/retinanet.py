@@ -2,7 +2,8 @@
 
 The class is an adapter: the network, anchors, loss and post-processing live in
 :mod:`geolearn.models`, the metric in :mod:`geolearn.metrics`, training mechanics
-in fastai. What this module adds is arcgis.learn's vocabulary (``fit`` with
+in fastai and :mod:`geolearn.learn.training`, running over imagery in :mod:`geolearn.inference`.
+What this module adds is arcgis.learn's vocabulary (``fit`` with
 ``checkpoint``/``early_stopping``/``monitor``, ``lr_find`` returning a float,
 ``average_precision_score``), its defaults, and the choices that make a model
 train well from random initialisation on a CPU.
@@ -10,12 +11,8 @@ train well from random initialisation on a CPU.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
-import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,23 +22,23 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from geolearn.data.boxes import pixel_to_unit
+from geolearn.atomic import atomic_write
 from geolearn.data.esri import DATASET_TYPES
-from geolearn.errors import GeolearnWarning, OutputExistsError
+from geolearn.errors import OutputExistsError
 from geolearn.inference.defaults import MERGE, NMS_OVERLAP, THRESHOLD, MergeMethod
 from geolearn.inference.predict import detect_with_model, image_pixels, predict_image
-from geolearn.learn.evaluation import DetectionSettings, evaluate
+from geolearn.learn.evaluation import DetectionSettings, evaluate, first_chips
 from geolearn.learn.lr_rule import suggest_lr
 from geolearn.learn.network_files import onnx_network, raster_function_network, traced_network
 from geolearn.learn.config import ModelConfig
 from geolearn.learn.emd import read_emd
 from geolearn.learn.package import load_state_dict, resolve_model, save_package
 from geolearn.models.precision import resolve_precision
-from geolearn.metrics import average_precision, mean_average_precision, precision_recall
+from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.models.anchors import make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
-from geolearn.models.loss import RetinaNetLoss, cut_by_edge
-from geolearn.models.retinanet import build_retinanet, param_groups
+from geolearn.models.loss import RetinaNetLoss
+from geolearn.models.retinanet import build_retinanet
 from geolearn.viz import (
     plot_detections,
     plot_ground_truth_and_predictions,
@@ -58,11 +55,6 @@ from geolearn.viz import (
 __all__ = ["RetinaNet"]
 
 logger = logging.getLogger(__name__)
-
-
-# The calibration at the end of fit: detections above CALIBRATION_FLOOR, matched at IoU 0.5.
-CALIBRATION_FLOOR = 0.05
-CALIBRATION_IOU = 0.5
 
 
 class RetinaNet:
@@ -149,23 +141,15 @@ class RetinaNet:
         self._data = None
         self.learn = None
         self.anchors = make_anchors(config.chip_size, config.scales, config.ratios)
-        # Weights about to be loaded: build on the meta device and take the loaded tensors as the
-        # parameters. Allocating and initialising random ones only to overwrite them held two copies
-        # of the weights at once (+146 MB at the peak for resnet50) and took most of from_model's time.
-        with torch.device("meta") if weights is not None else contextlib.nullcontext():
-            self.model = build_retinanet(
-                config.backbone,
-                n_classes=len(config.class_infos),
-                n_bands=config.n_bands,
-                band_names=list(config.band_names) if config.band_names is not None else None,
-                pretrained=pretrained,
-                n_anchors=len(config.scales) * len(config.ratios),
-            )
-        if weights is not None:
-            expected = self.model.state_dict()  # meta tensors: names, shapes and dtypes, no memory
-            weights = {name: value.to(expected[name].dtype) if name in expected else value
-                       for name, value in weights.items()}
-            self.model.load_state_dict(weights, strict=True, assign=True)
+        self.model = build_retinanet(
+            config.backbone,
+            n_classes=len(config.class_infos),
+            n_bands=config.n_bands,
+            band_names=list(config.band_names) if config.band_names is not None else None,
+            pretrained=pretrained,
+            n_anchors=len(config.scales) * len(config.ratios),
+            weights=weights,
+        )
         self.loss_func = RetinaNetLoss(self.anchors, n_classes=len(config.class_infos))
         self.lr_find_figure: Figure | None = None
         # Whether the weights were loaded from a saved model (then the backbone's features are worth keeping).
@@ -173,11 +157,8 @@ class RetinaNet:
 
     def _attach_data(self, data, wd: float = 1e-4) -> None:
         """Wraps the network in a fastai Learner over ``data`` (what fit, lr_find and the metric need)."""
-        from fastai.callback.progress import ProgressCallback
-        from fastai.learner import Learner
-        from fastai.optimizer import Adam
-
-        from geolearn.learn.callbacks import AveragePrecisionMetric, TableProgress
+        from geolearn.learn.callbacks import AveragePrecisionMetric
+        from geolearn.learn.training import make_learner
 
         if data.classes != self._config.classes:
             raise ValueError(
@@ -186,27 +167,7 @@ class RetinaNet:
             )
         self._data = data
         self._metric = AveragePrecisionMetric(DetectionSettings(self.anchors, self._config.chip_size))
-        self.learn = Learner(
-            data,
-            self.model,
-            loss_func=self.loss_func,
-            opt_func=Adam,
-            splitter=param_groups,
-            metrics=[self._metric],
-            wd=wd,
-            path=data.path,
-            model_dir="models",
-        )
-        # fastai's bars, but only the epoch table in a log (TableProgress says why).
-        self.learn.remove_cbs([cb for cb in self.learn.cbs if type(cb) is ProgressCallback])
-        self.learn.add_cb(TableProgress())
-        # With ImageNet weights the backbone starts frozen: only FPN, heads and BatchNorm
-        # layers train (arcgis.learn). Freezing random weights would only cripple the
-        # model, so without them everything trains from the start.
-        if self.model.encoder.pretrained:
-            self.learn.freeze()
-        else:
-            logger.info("backbone has random weights: training all layers from the start")
+        self.learn = make_learner(data, self.model, self.loss_func, self._metric, wd)
 
     def __repr__(self) -> str:
         return f"<RetinaNet backbone={self._config.backbone_name} classes={self._config.classes[1:]}>"
@@ -255,18 +216,9 @@ class RetinaNet:
         Returns:
             An ``AnchorFit`` with ``scales``, ``ratios`` and the ``coverage`` they reach.
         """
-        boxes = []
-        for labels, (height, width) in zip(data.train_ds.labels, data.train_ds.sizes):
-            chip_boxes = labels.chip_boxes
-            # Boxes cut by the chip's edge show part of an object; the loss ignores them, so
-            # anchors are fitted to the whole ones.
-            chip_boxes = chip_boxes[~cut_by_edge(pixel_to_unit(chip_boxes, height, width))]
-            if data.resize_to:
-                # Chips are squished to resize_to before cropping (geolearn.data.transforms.resize).
-                scale = torch.tensor([data.resize_to / width, data.resize_to / height] * 2)
-                chip_boxes = chip_boxes * scale
-            boxes.append(chip_boxes)
-        return suggest_anchors(boxes, data.chip_size, target=target)
+        from geolearn.learn.training import training_boxes
+
+        return suggest_anchors(training_boxes(data), data.chip_size, target=target)
 
     # ------------------------------------------------------------------ training
 
@@ -291,18 +243,11 @@ class RetinaNet:
         Returns:
             The suggested learning rate.
         """
-        from fastai.callback.channelslast import ChannelsLast
-        from fastai.callback.schedule import valley
-
-        from geolearn.learn.callbacks import precision_callbacks
+        from geolearn.learn.training import range_test
 
         self._require_data("lr_find")
-        with self.learn.added_cbs(precision_callbacks(self._precision_dtype()) + [ChannelsLast()]), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # fastai warns when the loss diverges early: expected here
-            suggestion = self.learn.lr_find(num_it=num_it, suggest_funcs=(valley,), show_plot=False)
-        recorder = self.learn.recorder
-        lrs, losses = recorder.lrs[: len(recorder.losses)], [float(v) for v in recorder.losses]
-        lr = suggest_lr(lrs, losses, float(suggestion.valley))
+        lrs, losses, valley = range_test(self.learn, self._precision_dtype(), num_it)
+        lr = suggest_lr(lrs, losses, valley)
         self.lr_find_figure = plot_lr_find(lrs, losses, lr)
         if allow_plot:
             show_figure(self.lr_find_figure)
@@ -351,10 +296,7 @@ class RetinaNet:
         After training (and the reload of the best checkpoint), one more pass over the
         validation chips sets :attr:`threshold`, the score cut ``detect_objects`` uses.
         """
-        from fastai.callback.channelslast import ChannelsLast
-        from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
-
-        from geolearn.learn.callbacks import TimeBudget, precision_callbacks
+        from geolearn.learn.training import CHECKPOINTS, calibrate_threshold, fit_callbacks
 
         self._require_data("fit")
         if time_budget is not None and not time_budget > 0:
@@ -362,37 +304,31 @@ class RetinaNet:
         started = time.perf_counter()
         if monitor not in self.available_metrics:
             raise ValueError(f"monitor={monitor!r}: choose one of {self.available_metrics}.")
-        if checkpoint not in (True, False, "best", "all"):
+        if checkpoint not in CHECKPOINTS:
             raise ValueError(f"checkpoint={checkpoint!r}: use True, False, 'best' or 'all'.")
         if lr is None:
             lr = self.lr_find(allow_plot=False)
             logger.info("lr_find chose %.2e", lr)
         top = lr if isinstance(lr, (int, float)) else getattr(lr, "stop", None)
         self._config = self._config.replace(learning_rate=float(top) if top is not None else None)
-        lr_arg = self._group_rates(lr)
-        callbacks = precision_callbacks(self._precision_dtype(mixed_precision)) + [ChannelsLast()]
-        if early_stopping:
-            callbacks.append(EarlyStoppingCallback(monitor=monitor, min_delta=0.001, patience=5))
-        if checkpoint:
-            name = f"checkpoint_{datetime.now():%Y-%m-%d_%H-%M-%S}"
-            callbacks.append(SaveModelCallback(monitor=monitor, fname=name, every_epoch=checkpoint == "all"))
-        if tensorboard:
-            callbacks += self._tensorboard_callbacks()
-        if time_budget is not None:
-            # What lr_find left of the budget; at least a second, so that one batch trains.
-            callbacks.append(TimeBudget(max(time_budget - (time.perf_counter() - started), 1.0)))
-        if one_cycle:
-            self.learn.fit_one_cycle(epochs, lr_arg, cbs=callbacks, **kwargs)
-        else:
-            self.learn.fit(epochs, lr_arg, cbs=callbacks, **kwargs)
-        self._calibrate_threshold()
+        callbacks = fit_callbacks(
+            self._precision_dtype(mixed_precision), early_stopping=early_stopping, checkpoint=checkpoint,
+            monitor=monitor, tensorboard_dir=Path(self._data.path) / "training_log" if tensorboard else None,
+            seconds_left=None if time_budget is None else time_budget - (time.perf_counter() - started),
+        )
+        train = self.learn.fit_one_cycle if one_cycle else self.learn.fit
+        train(epochs, self._group_rates(lr), cbs=callbacks, **kwargs)
+        # One more pass over the validation chips: the score cut detect_objects uses (training.calibrate_threshold).
+        cut = calibrate_threshold(self.model, self._data.valid, self.anchors, self._config.chip_size,
+                                  self._precision_dtype())
+        self._config = self._config.replace(threshold=cut)
 
     @property
     def threshold(self) -> float:
         """The score threshold ``detect_objects`` applies when given none, 0–1.
 
         ``fit`` sets it to the score of best F1 on the validation chips (matched at IoU 0.5,
-        every class pooled, see :meth:`_calibrate_threshold`), and ``save`` writes it into the
+        every class pooled, see :func:`~geolearn.learn.training.calibrate_threshold`), and ``save`` writes it into the
         EMD, so a loaded model keeps it. A model that was never fitted by geolearn (or whose
         fit found nothing on the validation chips) has arcgis.learn's 0.5. Set it to choose
         another.
@@ -405,54 +341,11 @@ class RetinaNet:
             raise ValueError(f"threshold={value!r}: give a score between 0 and 1, e.g. 0.3.")
         self._config = self._config.replace(threshold=float(value))
 
-    def _calibrate_threshold(self) -> None:
-        """Sets :attr:`threshold` to the validation chips' best-F1 score cut.
-
-        Why: a fixed 0.5 suits a pretrained network's confident scores, not the spread of
-        one trained from scratch for minutes. On the NEON Yellowstone benchmark (docs/training.md)
-        the best-F1 cut of a 15-minute model lay at 0.30 and 0.5 kept only about a third of
-        the crowns it found, so ``fit`` measures the cut it hands to ``detect_objects``.
-        Detections are made as ``detect_objects`` makes them (NMS 0.1) down to
-        ``CALIBRATION_FLOOR``; no detection leaves the threshold unset (0.5).
-        """
-        settings = DetectionSettings(self.anchors, self._config.chip_size, CALIBRATION_FLOOR, 0.1, CALIBRATION_IOU)
-        predictions, targets = evaluate(self.model, self._data.valid, settings, self._precision_dtype(), False)
-        curve = precision_recall(predictions, targets, iou_thresh=CALIBRATION_IOU, cls=None)
-        cut = curve.best_f1_cut(floor=CALIBRATION_FLOOR)
-        self._config = self._config.replace(threshold=cut)
-        if cut is None:
-            logger.info("no detections on the validation chips: detect_objects keeps the threshold %.2f",
-                        THRESHOLD)
-            return
-        f1, precision, recall, _ = curve.best_f1()
-        logger.info("detection threshold %.2f: best F1 %.2f (precision %.2f, recall %.2f) on the validation chips",
-                    cut, f1, precision, recall)
-
     def _group_rates(self, lr: float | slice) -> float | slice:
-        """The learning rates of the three parameter groups for ``lr``.
+        """The three parameter groups' rates: a slice once the backbone has learned features."""
+        from geolearn.learn.training import group_rates
 
-        arcgis.learn turns a float into ``slice(lr / 10, lr)``: the backbone's ImageNet
-        features change ten times slower than the new FPN and heads. A backbone with random
-        weights has no features to protect, and slowing it down only slows learning (on the
-        sample scene a from-scratch resnet18 reached tree AP@0.5 0.73 in 10 epochs with one
-        rate, 0.62 in 12 epochs with the slice), so then every group trains at ``lr``. A slice is taken as given.
-        """
-        if not isinstance(lr, (int, float)):
-            return lr
-        if self.model.encoder.pretrained or self._learned_weights:
-            return slice(lr / 10, lr)
-        return float(lr)
-
-    def _tensorboard_callbacks(self) -> list:
-        try:
-            from fastai.callback.tensorboard import TensorBoardCallback
-
-            import tensorboard  # noqa: F401  (fastai imports it lazily; fail here, clearly)
-        except ImportError:
-            warnings.warn("tensorboard=True needs the tensorboard package (pip install tensorboard); "
-                          "training goes on without it.", GeolearnWarning, stacklevel=3)
-            return []
-        return [TensorBoardCallback(log_dir=str(Path(self._data.path) / "training_log"), trace_model=False)]
+        return group_rates(lr, learned_features=self.model.encoder.pretrained or self._learned_weights)
 
     def unfreeze(self) -> None:
         """Trains all layers from now on, the backbone included."""
@@ -642,12 +535,8 @@ class RetinaNet:
         content = onnx_network(self.model, self._config, self.anchors,
                                self.threshold if threshold is None else threshold, nms_overlap)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
+        with atomic_write(path) as partial:  # never a half-written model at path
             partial.write_bytes(content)
-            os.replace(partial, path)  # never a half-written model at path
-        finally:
-            partial.unlink(missing_ok=True)
         return path
 
     # ------------------------------------------------------------------ prediction
@@ -800,19 +689,10 @@ class RetinaNet:
 
     def _results_figure(self, rows: int, thresh: float, nms_overlap: float, rgb_bands=None) -> Figure:
         settings = DetectionSettings(self.anchors, self._config.chip_size, thresh, nms_overlap)
-        images, predictions, targets = [], [], []
-        for batch in self._data.valid:
-            found, truth = evaluate(self.model, [batch], settings, self._precision_dtype(), progress=False)
-            images += list(self._data.valid.decode(batch)[0].as_subclass(Tensor))
-            predictions += found
-            targets += truth
-            if len(images) >= rows:
-                break
+        images, predictions, targets = first_chips(self.model, self._data.valid, settings, self._precision_dtype(), rows)
         rgb = list(rgb_bands) if rgb_bands is not None else self._rgb_bands()
-        return plot_ground_truth_and_predictions(
-            [image[rgb] for image in images[:rows]], targets[:rows], predictions[:rows],
-            self._config.classes, self._class_colors(),
-        )
+        return plot_ground_truth_and_predictions([image[rgb] for image in images], targets, predictions,
+                                                 self._config.classes, self._class_colors())
 
     def _require_data(self, what: str) -> None:
         if self._data is None:
