@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -248,6 +249,68 @@ def _parse_transforms(transforms: Any, n_bands: int) -> tuple[list[Transform], l
     )
 
 
+def _check_band_counts(folders: Sequence[FolderData]) -> None:
+    if len({f.infos[0].count for f in folders}) > 1:
+        raise BandMismatchError(
+            "the folders have chips with different band counts: "
+            + "; ".join(f"{f.root}: {f.infos[0].count}" for f in folders)
+            + ". Train on folders exported from rasters with the same bands."
+        )
+
+
+def _joined(folders: Sequence[FolderData]) -> FolderData:
+    """The chips of several folders as one folder's lists (the first folder's root and metadata)."""
+    if len(folders) == 1:
+        return folders[0]
+    return dataclasses.replace(
+        folders[0],
+        images=[image for f in folders for image in f.images],
+        labels=[label for f in folders for label in f.labels],
+        infos=[info for f in folders for info in f.infos],
+    )
+
+
+def _split(folder: FolderData, separate_valid: bool, val_split_pct: float, seed: int,
+           stratify: bool | None) -> tuple[list[int], list[int]]:
+    """Training and validation indices into ``folder``'s chips (all for training with a ``valid_path``)."""
+    n = len(folder.images)
+    if separate_valid:
+        train_idx, valid_idx = list(range(n)), []
+    else:
+        groups = None
+        if stratify:
+            groups = _stratify_keys(folder.labels, Counter(name for label in folder.labels for name in label.classes))
+        train_idx, valid_idx = split_indices(n, val_split_pct, seed, groups)
+    if not train_idx:
+        raise NoChipsError(
+            f"no training chips left: {n} chips with val_split_pct={val_split_pct}. "
+            "Lower val_split_pct or export more chips."
+        )
+    return train_idx, valid_idx
+
+
+def _loaders(train_ds: ChipDataset, valid_ds: ChipDataset, test_ds: ChipDataset | None,
+             transforms: tuple[list[Transform], list[Transform]], normalization: Normalization, *, batch_size: int,
+             collate_fn: Callable | None, seed: int, num_workers: int, device) -> tuple[TfmdDL, TfmdDL, TfmdDL | None]:
+    """fastai's training, validation and (when ``test_ds``) test loaders, normalising on the batch."""
+    train_tfms, valid_tfms = transforms
+    normalize = Normalize.from_stats(list(normalization.mean), list(normalization.std), cuda=False)
+    loader_args = dict(
+        bs=batch_size,
+        before_batch=collate_fn or bb_pad,
+        num_workers=num_workers,
+        device=device,  # None: fastai's default, the GPU when there is one
+    )
+    train_dl = TfmdDL(train_ds, shuffle=True, drop_last=len(train_ds) > batch_size,
+                      after_batch=[*train_tfms, normalize], **loader_args)
+    train_dl.rng = random.Random(seed)  # fastai draws the shuffle order from this
+    valid_dl = TfmdDL(valid_ds, shuffle=False, after_batch=[*valid_tfms, normalize], **loader_args)
+    test_dl = None
+    if test_ds is not None:
+        test_dl = TfmdDL(test_ds, shuffle=False, after_batch=[*valid_tfms, normalize], **loader_args)
+    return train_dl, valid_dl, test_dl
+
+
 def prepare_data(
     path: str | Path | Sequence[str | Path],
     class_mapping: Mapping | None = None,
@@ -328,97 +391,48 @@ def prepare_data(
     roots = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
     if not roots:
         raise DataFolderError("prepare_data() got an empty list of paths; pass at least one export folder.")
-    folders = [read_folder(root, dataset_type, class_mapping) for root in roots]
-    valid_path = kwargs.get("valid_path")
-    valid_folder = read_folder(valid_path, dataset_type, class_mapping) if valid_path else None
-    all_folders = folders + ([valid_folder] if valid_folder else [])
-    band_counts = {f.infos[0].count for f in all_folders}
-    if len(band_counts) > 1:
-        raise BandMismatchError(
-            "the folders have chips with different band counts: "
-            + "; ".join(f"{f.root}: {f.infos[0].count}" for f in all_folders)
-            + ". Train on folders exported from rasters with the same bands."
-        )
-    classes = _merge_classes(all_folders)
-    names = ["background"] + [c.name for c in classes]
-
-    images = [image for f in folders for image in f.images]
-    infos = [info for f in folders for info in f.infos]
-    labels = [lbl for f in folders for lbl in f.labels]
-    if valid_folder is not None:
-        train_idx, valid_idx = list(range(len(images))), []
-    else:
-        groups = None
-        if kwargs.get("stratify"):
-            counts = Counter(n for lbl in labels for n in lbl.classes)
-            groups = _stratify_keys(labels, counts)
-        train_idx, valid_idx = split_indices(len(images), val_split_pct, seed, groups)
-    if not train_idx:
-        raise NoChipsError(
-            f"no training chips left: {len(images)} chips with val_split_pct={val_split_pct}. "
-            "Lower val_split_pct or export more chips."
-        )
-
     extract_bands = kwargs.get("extract_bands")
     if extract_bands is not None and not all(isinstance(b, int) for b in extract_bands):
         raise TypeError(f"extract_bands={extract_bands!r}: give 0-based band indices, e.g. [0, 1, 2].")
-    data_root = Path(working_dir) if working_dir is not None else roots[0]
+    folders = [read_folder(root, dataset_type, class_mapping) for root in roots]
+    valid_path, test_path = kwargs.get("valid_path"), kwargs.get("test_path")
+    valid_folder = read_folder(valid_path, dataset_type, class_mapping) if valid_path else None
+    all_folders = folders + ([valid_folder] if valid_folder else [])
+    _check_band_counts(all_folders)
+    classes = _merge_classes(all_folders)
+    names = ["background"] + [c.name for c in classes]
+
+    training = _joined(folders)
+    train_idx, valid_idx = _split(training, valid_folder is not None, val_split_pct, seed, kwargs.get("stratify"))
     normalization, multispectral = _normalization(
-        all_folders,
-        images,
-        extract_bands,
-        kwargs.get("imagery_type"),
-        float(kwargs.get("norm_pct", 0.3)),
-        seed,
-        roots[0],
+        all_folders, training.images, extract_bands, kwargs.get("imagery_type"), float(kwargs.get("norm_pct", 0.3)),
+        seed, roots[0],
     )
 
-    def dataset(indices: Sequence[int], source_images, source_labels, source_infos, train: bool) -> ChipDataset:
+    def dataset(source: FolderData, indices: Sequence[int], train: bool) -> ChipDataset:
         return ChipDataset(
-            [source_images[i] for i in indices],
-            [source_labels[i] for i in indices],
-            names,
-            chip_size,
-            normalization,
-            train=train,
-            resize_to=resize_to,
-            bands=extract_bands,
-            seed=seed,
-            sizes=[(source_infos[i].height, source_infos[i].width) for i in indices],  # the headers read above
+            [source.images[i] for i in indices], [source.labels[i] for i in indices], names, chip_size,
+            normalization, train=train, resize_to=resize_to, bands=extract_bands, seed=seed,
+            sizes=[(source.infos[i].height, source.infos[i].width) for i in indices],  # the headers read above
         )
 
-    train_ds = dataset(train_idx, images, labels, infos, True)
+    train_ds = dataset(training, train_idx, True)
     if valid_folder is not None:
-        valid_ds = dataset(range(len(valid_folder.images)), valid_folder.images, valid_folder.labels,
-                           valid_folder.infos, False)
+        valid_ds = dataset(valid_folder, range(len(valid_folder.images)), False)
     else:
-        valid_ds = dataset(valid_idx, images, labels, infos, False)
-
-    n_bands = len(extract_bands) if extract_bands is not None else folders[0].infos[0].count
-    train_tfms, valid_tfms = _parse_transforms(transforms, n_bands)
-    normalize = Normalize.from_stats(list(normalization.mean), list(normalization.std), cuda=False)
-    loader_args = dict(
-        bs=batch_size,
-        before_batch=collate_fn or bb_pad,
-        num_workers=int(kwargs.get("num_workers", 0)),
-        device=kwargs.get("device"),  # None: fastai's default, the GPU when there is one
-    )
-    test_path = kwargs.get("test_path")
+        valid_ds = dataset(training, valid_idx, False)
+    test_ds = None
     if test_path:
         test_folder = read_folder(test_path, dataset_type, class_mapping)
-        test_ds = dataset(range(len(test_folder.images)), test_folder.images, test_folder.labels,
-                          test_folder.infos, False)
+        test_ds = dataset(test_folder, range(len(test_folder.images)), False)
 
-    train_dl = TfmdDL(train_ds, shuffle=True, drop_last=len(train_ds) > batch_size,
-                      after_batch=[*train_tfms, normalize], **loader_args)
-    train_dl.rng = random.Random(seed)  # fastai draws the shuffle order from this
-    valid_dl = TfmdDL(valid_ds, shuffle=False, after_batch=[*valid_tfms, normalize], **loader_args)
-
-    data = DetectionData(train_dl, valid_dl, path=data_root)
-    data.test_ds = data.test_dl = None
-    if test_path:
-        data.test_ds = test_ds
-        data.test_dl = TfmdDL(test_ds, shuffle=False, after_batch=[*valid_tfms, normalize], **loader_args)
+    n_bands = len(extract_bands) if extract_bands is not None else folders[0].infos[0].count
+    loaders = _loaders(train_ds, valid_ds, test_ds, _parse_transforms(transforms, n_bands), normalization,
+                       batch_size=batch_size, collate_fn=collate_fn, seed=seed,
+                       num_workers=int(kwargs.get("num_workers", 0)), device=kwargs.get("device"))
+    data_root = Path(working_dir) if working_dir is not None else roots[0]
+    data = DetectionData(*loaders[:2], path=data_root)
+    data.test_ds, data.test_dl = test_ds, loaders[2]
     data.classes = names
     data.c = len(names)
     data.class_mapping = {c.value: c.name for c in classes}

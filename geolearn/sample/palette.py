@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Sequence, TypeVar
+
 import numpy as np
+
+_T = TypeVar("_T")
 
 # Draw layers, in order. Shadows are collected into one mask and applied once,
 # after every layer up to L_SHADOW, so that overlapping shadows do not stack.
 L_FIELD, L_LAWN, L_SIDEWALK, L_VERGE, L_ROAD, L_MARK = 0, 1, 2, 3, 4, 5
 L_PAVE, L_POOL, L_SHADOW = 6, 7, 8
 L_WALL, L_GROUND_OBJ, L_ROOF, L_ROOF_OBJ, L_BUSH, L_CROWN = 9, 10, 11, 12, 13, 14
+
+
+def pick(rng: np.random.Generator, table: Sequence[tuple[_T, float]]) -> _T:
+    """Picks an item of ``((item, weight), ...)`` with probability proportional to its weight."""
+    w = np.array([t[1] for t in table], dtype=np.float64)
+    return table[int(rng.choice(len(table), p=w / w.sum()))][0]
 
 
 def rgbn(r: float, g: float, b: float, n: float) -> np.ndarray:

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import shapely
 import shapely.affinity
+from affine import Affine  # rasterio's affine type; rasterio itself loads only when writing
 from shapely.geometry import Polygon
 
+from geolearn.atomic import atomic_write
 from geolearn.sample import palette, render, shapes
 from geolearn.sample.planner import Planner
 
@@ -111,20 +113,7 @@ def make_scene(
         >>> sorted(gpd.read_file(files.labels)["Classname"].unique())
         ['pool', 'tree']
     """
-    import geopandas as gpd
-    import pandas as pd
-    import rasterio
-    from rasterio.transform import Affine
-    from rasterio.windows import Window
-
-    if int(size) != size or size < 64:
-        raise ValueError(f"size must be an integer >= 64, got {size!r}")
-    if bands not in (3, 4):
-        raise ValueError(f"bands must be 3 or 4, got {bands!r}")
-    if dtype not in ("uint8", "uint16"):
-        raise ValueError(f"dtype must be 'uint8' or 'uint16', got {dtype!r}")
-    if pixel_size <= 0:
-        raise ValueError(f"pixel_size must be positive, got {pixel_size!r}")
+    _check_arguments(size, bands, dtype, pixel_size)
     size = int(size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,17 +122,36 @@ def make_scene(
     t0 = time.perf_counter()
     planner = Planner(size, seed, nodata_margin)
     planner.plan()
-    ops = sorted(planner.ops, key=lambda o: o.layer)  # stable: keeps the planning order within a layer
-    bboxes = np.array([o.bbox for o in ops], dtype=np.int64).reshape(-1, 4)
-    layers = np.array([o.layer for o in ops], dtype=np.int64)
-    n_before_shadow = int(np.searchsorted(layers, palette.L_SHADOW, side="right"))
-    ground = render.Ground(seed)
-    fp_xy = np.asarray(planner.footprint.exterior.coords)[:-1]
-    shapely.prepare(planner.footprint)
     logger.info("planned %d drawing operations, %d pools, %d trees in %.1f s",
-                len(ops), len(planner.pools), len(planner.trees), time.perf_counter() - t0)
-
+                len(planner.ops), len(planner.pools), len(planner.trees), time.perf_counter() - t0)
     transform = Affine(pixel_size, 0.0, origin[0], 0.0, -pixel_size, origin[1])  # north-up
+    t1 = time.perf_counter()
+    with atomic_write(files.raster) as partial:
+        _render(planner, partial, _profile(size, bands, dtype, crs, transform), seed)
+    logger.info("wrote %s (%d x %d, %d bands %s) in %.1f s", files.raster, size, size, bands, dtype,
+                time.perf_counter() - t1)
+    labels = _labels(planner, transform, crs)
+    for path, frame in ((files.labels, labels), (files.labels_4326, labels.to_crs("EPSG:4326"))):
+        with atomic_write(path) as partial:
+            frame.to_file(partial, driver="GPKG", engine="pyogrio", layer=path.stem, geometry_type="Polygon")
+    logger.info("wrote %d labels (%d pools, %d trees) in %.1f s total", len(labels), len(planner.pools),
+                len(planner.trees), time.perf_counter() - t0)
+    return files
+
+
+def _check_arguments(size: int, bands: int, dtype: str, pixel_size: float) -> None:
+    if int(size) != size or size < 64:
+        raise ValueError(f"size must be an integer >= 64, got {size!r}")
+    if bands not in (3, 4):
+        raise ValueError(f"bands must be 3 or 4, got {bands!r}")
+    if dtype not in ("uint8", "uint16"):
+        raise ValueError(f"dtype must be 'uint8' or 'uint16', got {dtype!r}")
+    if pixel_size <= 0:
+        raise ValueError(f"pixel_size must be positive, got {pixel_size!r}")
+
+
+def _profile(size: int, bands: int, dtype: str, crs: str, transform: Affine) -> dict:
+    """The GeoTIFF's creation options: tiled 256 x 256, DEFLATE with horizontal differencing, nodata 0."""
     profile = {
         "driver": "GTiff",
         "width": size,
@@ -164,9 +172,24 @@ def make_scene(
     }
     if bands == 3 and dtype == "uint8":
         profile["photometric"] = "RGB"
-    t1 = time.perf_counter()
+    return profile
+
+
+def _render(planner: Planner, path: Path, profile: dict, seed: int) -> None:
+    """Draws the planned scene block by block into a new GeoTIFF at ``path``."""
+    import rasterio
+    from rasterio.windows import Window
+
+    size, bands, dtype = profile["width"], profile["count"], profile["dtype"]
+    ops = sorted(planner.ops, key=lambda o: o.layer)  # stable: keeps the planning order within a layer
+    bboxes = np.array([o.bbox for o in ops], dtype=np.int64).reshape(-1, 4)
+    layers = np.array([o.layer for o in ops], dtype=np.int64)
+    n_before_shadow = int(np.searchsorted(layers, palette.L_SHADOW, side="right"))
+    ground = render.Ground(seed)
+    fp_xy = np.asarray(planner.footprint.exterior.coords)[:-1]
+    shapely.prepare(planner.footprint)
     # a small block cache: dirty tiles are compressed and flushed as we go
-    with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(files.raster, "w", **profile) as dst:
+    with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(path, "w", **profile) as dst:
         for i, desc in enumerate(("red", "green", "blue", "nir")[:bands], start=1):
             dst.set_band_description(i, desc)
         for r0 in range(0, size, _BLOCK):
@@ -190,15 +213,18 @@ def make_scene(
                     valid = shapes.poly_mask(fp_xy, r0, r1, c0, c1)
                     data[:, ~valid] = 0
                 dst.write(data, window=Window(c0, r0, c1 - c0, r1 - r0))
-    logger.info("wrote %s (%d x %d, %d bands %s) in %.1f s", files.raster, size, size, bands, dtype,
-                time.perf_counter() - t1)
 
-    # labels: pixel (col, row) -> map through the affine
+
+def _labels(planner: Planner, transform: Affine, crs: str):
+    """The planned pools and tree crowns as a GeoDataFrame in ``crs``: pixel (col, row) -> map through the affine."""
+    import geopandas as gpd
+    import pandas as pd
+
     coef = [transform.a, transform.b, transform.d, transform.e, transform.xoff, transform.yoff]
     rings = [ring for ring, _ in planner.pools] + [c.xy for c in planner.trees]
     values = [_POOL] * len(planner.pools) + [_TREE] * len(planner.trees)
     geoms = [shapely.affinity.affine_transform(Polygon(r), coef) for r in rings]
-    gdf = gpd.GeoDataFrame(
+    return gpd.GeoDataFrame(
         {
             "Classvalue": np.array(values, dtype=np.int32),
             "Classname": pd.Series([CLASSES[v] for v in values], dtype=str),
@@ -206,9 +232,3 @@ def make_scene(
         geometry=gpd.GeoSeries(geoms, crs=crs),
         crs=crs,
     )
-    for path, frame in ((files.labels, gdf), (files.labels_4326, gdf.to_crs("EPSG:4326"))):
-        path.unlink(missing_ok=True)
-        frame.to_file(path, driver="GPKG", engine="pyogrio", layer=path.stem, geometry_type="Polygon")
-    logger.info("wrote %d labels (%d pools, %d trees) in %.1f s total", len(gdf), len(planner.pools),
-                len(planner.trees), time.perf_counter() - t0)
-    return files
