@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = [
     "MergeMethod",
@@ -11,6 +11,7 @@ __all__ = [
     "MERGE",
     "EDGE_TOLERANCE",
     "WINDOW_BATCH",
+    "check_window_settings",
     "default_padding",
     "default_overlap",
     "default_batch_size",
@@ -63,3 +64,22 @@ def default_batch_size(device_type: str) -> int:
         (2, 8)
     """
     return 2 if device_type == "cpu" else WINDOW_BATCH
+
+
+def check_window_settings(merge: str, batch_size: int) -> None:
+    """Refuses a ``merge`` other than :data:`MergeMethod`'s and a ``batch_size`` under 1, before any work.
+
+    Raises:
+        ValueError: naming the value and the choices.
+
+    Examples:
+        >>> check_window_settings("greedy", 4)
+        >>> check_window_settings("union", 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: merge='union': choose 'nms' (suppress duplicates) or 'greedy' (join pieces by IoS).
+    """
+    if merge not in get_args(MergeMethod):
+        raise ValueError(f"merge={merge!r}: choose 'nms' (suppress duplicates) or 'greedy' (join pieces by IoS).")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: need at least 1 window per batch.")

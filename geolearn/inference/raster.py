@@ -29,6 +29,7 @@ from geolearn.inference.defaults import (
     NMS_OVERLAP,
     WINDOW_BATCH,
     MergeMethod,
+    check_window_settings,
     default_overlap,
 )
 from geolearn.inference.window_merge import merge_windows, window_detections
@@ -147,10 +148,7 @@ def detect_raster(
         >>> found.crs.to_epsg(), found.transform.a  # for geolearn.data.georef.detections_frame
         (32633, 0.3)
     """
-    if merge not in ("nms", "greedy"):
-        raise ValueError(f"merge={merge!r}: choose 'nms' (suppress duplicates) or 'greedy' (join pieces by IoS).")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: need at least 1 window per batch.")
+    check_window_settings(merge, batch_size)
     info = read_raster_info(raster)
     bands = select_bands(info, bands, n_bands)  # before planning: a bad band fails at once
     plan = plan_windows(info.height, info.width, chip_size, default_overlap(chip_size) if overlap is None else overlap)

@@ -22,6 +22,7 @@ from geolearn.inference.defaults import (
     THRESHOLD,
     WINDOW_BATCH,
     MergeMethod,
+    check_window_settings,
     default_overlap,
 )
 from geolearn.inference.window_merge import ImageDetections, merge_windows, window_detections
@@ -95,10 +96,7 @@ def detect_windows(
     """
     if image.ndim != 3:
         raise ValueError(f"image of shape {tuple(image.shape)}: expected one image as [bands, height, width].")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: need at least 1 window per batch.")
-    if merge not in ("nms", "greedy"):
-        raise ValueError(f"merge={merge!r}: choose 'nms' (suppress duplicates) or 'greedy' (join pieces by IoS).")
+    check_window_settings(merge, batch_size)
     _, height, width = image.shape
     plan = plan_windows(height, width, chip_size, default_overlap(chip_size) if overlap is None else overlap)
     image_hwc = _padded_hwc(image, chip_size)
