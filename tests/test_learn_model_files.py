@@ -637,6 +637,32 @@ def test_failed_swap_puts_the_previous_package_back(tmp_path: Path, monkeypatch:
     assert hidden_leftovers(tmp_path) == []
 
 
+def test_next_save_clears_what_a_killed_save_left(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path / "pools", seed=0)
+    # killed while writing: a half-written staging folder
+    staging = tmp_path / ".pools.saving-0123abcd"
+    staging.mkdir()
+    (staging / "pools.pth").write_bytes(b"half")
+    # killed after the swap, before the backup was deleted
+    done = tmp_path / ".pools.previous-89abcdef"
+    done.mkdir()
+    save_tiny(folder, seed=1)
+    assert hidden_leftovers(tmp_path) == []
+    assert torch.equal(load_state_dict(folder / "pools.pth")["encoder.0.weight"], tiny_state_dict(1)["encoder.0.weight"])
+
+
+def test_next_save_puts_back_a_package_a_kill_between_the_renames_left_aside(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path / "pools", seed=0)
+    before = package_files(folder)
+    staging = tmp_path / ".pools.saving-0123abcd"  # the new package, complete but never moved in
+    save_tiny(staging, seed=1)
+    folder.rename(tmp_path / ".pools.previous-89abcdef")  # the first rename; the kill came before the second
+    with pytest.raises(OutputExistsError):  # the previous package is back, and overwrite=False keeps it
+        save_tiny(folder, seed=2, overwrite=False)
+    assert package_files(folder) == before
+    assert hidden_leftovers(tmp_path) == []
+
+
 def test_resave_replaces_the_package(tmp_path: Path) -> None:
     folder = save_tiny(tmp_path / "pools", seed=0, extra_files={"pools-cpu.pt": b"old"})
     save_tiny(folder, seed=1, figures={})

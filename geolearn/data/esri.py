@@ -28,6 +28,7 @@ __all__ = [
     "parse_classes",
     "esri_dataset_type",
     "write_map_txt",
+    "append_map_txt",
     "read_map_txt",
     "default_color",
 ]
@@ -261,8 +262,30 @@ def write_map_txt(root: str | Path, pairs: Iterable[tuple[str, str]]) -> None:
         >>> (root / MAP_FILE).read_text()
         'images\\\\000000000.tif labels\\\\000000000.xml\\n'
     """
-    lines = [f"images\\{image} labels\\{label}\n" for image, label in pairs]
-    (Path(root) / MAP_FILE).write_text("".join(lines))
+    (Path(root) / MAP_FILE).write_text("".join(_map_line(image, label) for image, label in pairs))
+
+
+def append_map_txt(root: str | Path, image: str, label: str) -> None:
+    """Adds one chip's line to ``map.txt`` (created when missing), on disk when this returns.
+
+    The export records each chip before writing it, so that an export killed half-way leaves
+    a ``map.txt`` listing every file it may have written, which the next export with
+    ``overwrite=True`` removes.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> append_map_txt(root, "000000000.tif", "000000000.xml")
+        >>> read_map_txt(root)
+        [('000000000.tif', '000000000.xml')]
+    """
+    with (Path(root) / MAP_FILE).open("a") as record:
+        record.write(_map_line(image, label))
+
+
+def _map_line(image: str, label: str) -> str:
+    return f"images\\{image} labels\\{label}\n"
 
 
 def read_map_txt(root: str | Path) -> list[tuple[str, str]]:

@@ -44,6 +44,7 @@ from geolearn.data.esri import (
     EMD_FILE,
     STATS_FILE,
     ClassInfo,
+    append_map_txt,
     write_json,
     write_map_txt,
 )
@@ -512,7 +513,8 @@ def _export_chips(src: DatasetReader, samples: Samples, masks: gpd.GeoDataFrame 
 
         stem = f"{len(pairs):09d}"
         image_name, label_name = stem + options.chip_suffix, stem + options.label_suffix
-        pairs.append((image_name, label_name))  # before writing: an interruption is still recorded
+        pairs.append((image_name, label_name))
+        append_map_txt(root, image_name, label_name)  # before writing: a killed export is still recorded
         _write_chip(root / "images" / image_name, pixels, options.driver, src, chip_transform)
         labels = ChipLabels(torch.from_numpy(chip_boxes.astype(np.float32)),
                             tuple(str(v) for v in values.tolist()))
@@ -582,7 +584,7 @@ def _write_labels(path: Path, labels: ChipLabels, image_name: str, shape: tuple[
 
 def _write_metadata(root: Path, src: DatasetReader, raster_path: Path, classes: list[ClassInfo],
                     options: _Options, tally: _Tally) -> None:
-    """Writes the EMD, the accumulated stats and the human-readable summary."""
+    """Writes the accumulated stats, the human-readable summary and, last, the EMD."""
     stats = tally.band_stats
     cell_size = {"x": src.res[0], "y": src.res[1]}
     spatial_reference = esri_spatial_reference(src.crs)
@@ -591,33 +593,6 @@ def _write_metadata(root: Path, src: DatasetReader, raster_path: Path, classes: 
     tile_x, tile_y = options.tile
     band_names = [desc or f"Band_{b + 1}" for b, desc in enumerate(src.descriptions)]
 
-    write_json(root / EMD_FILE, {
-        "MetaDataMode": options.metadata_mode,
-        "ImageHeight": tile_y,
-        "ImageWidth": tile_x,
-        "ImageSpaceUsed": "MAP_SPACE",
-        "Classes": [c.to_esri() for c in classes],
-        "ExtractBands": list(range(src.count)),
-        "CellSize": cell_size,
-        "MinCellSize": cell_size,
-        "MaxCellSize": cell_size,
-        "AllTilesStats": [
-            {"Min": float(stats.minimum[b]), "Max": float(stats.maximum[b]),
-             "Mean": float(stats.mean[b]), "StdDev": float(stats.std[b])}
-            for b in range(stats.n_bands)
-        ],
-        "InputRastersProps": {"RasterCount": 1, "BandNames": band_names},
-        "geolearn": {
-            "version": __version__,
-            "source_raster": str(raster_path.resolve()),
-            "crs_wkt": src.crs.to_wkt() if src.crs is not None else None,
-            "dtype": src.dtypes[0],
-            "tile_size": {"x": tile_x, "y": tile_y},
-            "stride_size": {"x": options.stride[0], "y": options.stride[1]},
-            "chip_format": options.chip_format,
-            "min_polygon_overlap_ratio": options.min_overlap,
-        },
-    })
     counts = np.maximum(tally.features_per_class, 1)
     write_json(root / STATS_FILE, {
         "Version": "1.0",
@@ -650,6 +625,35 @@ def _write_metadata(root: Path, src: DatasetReader, raster_path: Path, classes: 
         "BandStatsState": stats.to_esri(),
     })
     (root / SUMMARY_FILE).write_text(_summary(raster_path, classes, options, tally, band_names))
+    # The EMD comes last: its presence says that the export finished (read_folder refuses a
+    # folder with map.txt but no EMD, what an export killed half-way leaves).
+    write_json(root / EMD_FILE, {
+        "MetaDataMode": options.metadata_mode,
+        "ImageHeight": tile_y,
+        "ImageWidth": tile_x,
+        "ImageSpaceUsed": "MAP_SPACE",
+        "Classes": [c.to_esri() for c in classes],
+        "ExtractBands": list(range(src.count)),
+        "CellSize": cell_size,
+        "MinCellSize": cell_size,
+        "MaxCellSize": cell_size,
+        "AllTilesStats": [
+            {"Min": float(stats.minimum[b]), "Max": float(stats.maximum[b]),
+             "Mean": float(stats.mean[b]), "StdDev": float(stats.std[b])}
+            for b in range(stats.n_bands)
+        ],
+        "InputRastersProps": {"RasterCount": 1, "BandNames": band_names},
+        "geolearn": {
+            "version": __version__,
+            "source_raster": str(raster_path.resolve()),
+            "crs_wkt": src.crs.to_wkt() if src.crs is not None else None,
+            "dtype": src.dtypes[0],
+            "tile_size": {"x": tile_x, "y": tile_y},
+            "stride_size": {"x": options.stride[0], "y": options.stride[1]},
+            "chip_format": options.chip_format,
+            "min_polygon_overlap_ratio": options.min_overlap,
+        },
+    })
 
 
 def _summary(raster_path: Path, classes: list[ClassInfo], options: _Options, tally: _Tally,

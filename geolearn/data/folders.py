@@ -27,6 +27,7 @@ from geolearn.data.bandstats import BandStats
 from geolearn.data.esri import (
     DATASET_TYPES,
     EMD_FILE,
+    MAP_FILE,
     STATS_FILE,
     ClassInfo,
     default_color,
@@ -339,6 +340,12 @@ def read_folder(
     root = Path(root)
     if not root.is_dir():
         raise DataFolderError(f"{root}: no such folder. Pass the folder an export wrote (it holds images/).")
+    if (root / MAP_FILE).is_file() and not (root / EMD_FILE).is_file():
+        raise DataFolderError(
+            f"{root}: holds {MAP_FILE} but no {EMD_FILE}, which an export writes last: the export that "
+            "wrote it did not finish (killed, or failed). Export again with overwrite=True; if the folder "
+            f"is complete without an EMD, remove {MAP_FILE}."
+        )
     images = _list_images(root)
     dataset_type = _check_dataset_type(dataset_type or esri_dataset_type(root) or infer_dataset_type(root), root)
     # rasterio releases the GIL while opening files. Warning filters are process-wide and

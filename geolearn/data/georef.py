@@ -30,6 +30,7 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from torch import Tensor
 
+from geolearn.atomic import atomic_write
 from geolearn.errors import OutputExistsError
 
 __all__ = [
@@ -291,19 +292,6 @@ def resolve_output(path: str | Path, driver: str | None = None, overwrite: bool 
     return path, driver
 
 
-def _remove_existing(path: Path, driver: str) -> None:
-    """Removes the file (and a shapefile's companion files) that overwrite=True gave up."""
-    if driver == "ESRI Shapefile" and path.suffix.lower() == ".shp":
-        stem = path.with_suffix("")
-        parts = [Path(f"{stem}{suffix}") for suffix in _SHAPEFILE_PARTS]
-    else:
-        parts = [path]
-    for part in parts:
-        if part.is_file():
-            part.unlink()
-            logger.info("overwrite=True: removed %s", part)
-
-
 def write_features(
     frame: gpd.GeoDataFrame, path: str | Path, driver: str | None = None, overwrite: bool = False
 ) -> Path:
@@ -311,7 +299,9 @@ def write_features(
 
     ``.gpkg`` GeoPackage, ``.geojson``/``.json`` GeoJSON, ``.shp`` ESRI Shapefile (with its
     .shx/.dbf/.prj), ``.parquet`` GeoParquet (needs pyarrow). The driver is always passed
-    explicitly. An existing file is never replaced unless ``overwrite=True``.
+    explicitly. An existing file is never replaced unless ``overwrite=True``, and then only by a
+    complete one: the layer is written under a temporary name and moved into place
+    (:func:`geolearn.atomic.atomic_write`).
 
     Missing parent folders are created; an empty frame is still written as a polygon layer
     (OGR formats).
@@ -350,14 +340,17 @@ def write_features(
                 f"{path}: writing GeoParquet needs pyarrow (pip install pyarrow); "
                 "or write .gpkg, .geojson or .shp instead."
             ) from None
-    if path.exists():
-        _remove_existing(path, driver)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if driver == _PARQUET:
-        frame.to_parquet(path, index=False)
-    else:
-        # The geometry type is given so that an empty layer is still a polygon layer.
-        frame.to_file(path, driver=driver, engine="pyogrio", index=False,
-                      geometry_type="Polygon" if len(frame) == 0 else None)
+    shapefile = driver == "ESRI Shapefile" and path.suffix.lower() == ".shp"
+    # Written under a temporary name and moved into place: a run killed while writing leaves the
+    # previous file (overwrite=True) whole, and its leftover is removed by the next write.
+    with atomic_write(path, companions=_SHAPEFILE_PARTS if shapefile else ()) as partial:
+        if driver == _PARQUET:
+            frame.to_parquet(partial, index=False)
+        else:
+            # The layer keeps the file's name; the geometry type is given so that an empty
+            # layer is still a polygon layer.
+            frame.to_file(partial, driver=driver, engine="pyogrio", index=False, layer=path.stem,
+                          geometry_type="Polygon" if len(frame) == 0 else None)
     logger.info("wrote %d features to %s (%s)", len(frame), path, driver)
     return path

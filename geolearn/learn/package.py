@@ -32,7 +32,9 @@ Decisions, each one deliberate:
   output, so a new save never mixes with files of the previous one. The new package is written
   into a hidden sibling folder and swapped in with two renames (previous → hidden backup, new →
   target; the backup is deleted last), so an interrupted save leaves the previous package, not a
-  half-written one. An existing folder is only replaced when everything in it is something a
+  half-written one. What a killed save leaves (its hidden staging folder, or the previous
+  package moved aside when the kill fell between the two renames) is cleared, or put back, by
+  the next save into the same folder. An existing folder is only replaced when everything in it is something a
   model save writes (``<name>.pth/.emd/.dlpk``, ``<name>*.pt/.onnx``, ``model_metrics.html``,
   ``GeolearnObjectDetector.py``, ``ArcGISObjectDetector.py``, ``ModelCharacteristics/``, ``torch_scripts/``); anything else
   (notes, checkpoints, a user's documents) makes the save refuse rather than delete it.
@@ -481,6 +483,30 @@ def _write_package(staging: Path, name: str, state_dict: Mapping[str, Tensor], e
     _write_dlpk(staging, name)
 
 
+def _tidy_interrupted_saves(folder: Path) -> None:
+    """Clears what saves into ``folder`` that were killed left beside it (see :func:`_swap_in`).
+
+    Their staging folders (``.<folder>.saving-*``, incomplete) are removed. A previous package
+    moved aside (``.<folder>.previous-*``) goes back to ``folder`` when a kill between the two
+    renames left ``folder`` missing; otherwise the swap had completed and it is removed.
+    """
+    if not folder.parent.is_dir():
+        return
+    prefix = f".{folder.name}."
+    for entry in sorted(folder.parent.iterdir()):
+        if entry.name.startswith(prefix + "saving-") and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            logger.warning("removed %s, left by an interrupted save of %s", entry, folder)
+    backups = sorted((e for e in folder.parent.iterdir() if e.name.startswith(prefix + "previous-") and e.is_dir()),
+                     key=lambda e: e.stat().st_mtime)
+    if backups and not (folder.exists() or folder.is_symlink()):
+        os.rename(backups.pop(), folder)
+        logger.warning("an earlier save into %s was interrupted between its two renames: its previous "
+                       "package is back in place", folder)
+    for backup in backups:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
 def _swap_in(staging: Path, folder: Path) -> None:
     """Puts ``staging`` at ``folder``; an existing ``folder`` is moved aside first and deleted last."""
     if not folder.exists():
@@ -563,13 +589,9 @@ def save_package(
     if not state_dict or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state_dict.items()):
         raise ValueError("state_dict: give the network's state_dict (parameter names -> tensors).")
     extra_top = {PurePosixPath(p.replace("\\", "/")).parts[0] for p in (extra_files or {}) if p}
+    _tidy_interrupted_saves(folder)
     if folder.exists() or folder.is_symlink():
         _check_replaceable(folder, name, overwrite, extra_top)
-    else:
-        leftovers = sorted(folder.parent.glob(f".{folder.name}.previous-*")) if folder.parent.is_dir() else []
-        if leftovers:
-            logger.warning("an earlier save into %s was interrupted; its previous package is in %s",
-                           folder, leftovers[-1])
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.saving-{uuid.uuid4().hex[:8]}"
     staging.mkdir()  # honours the umask, unlike tempfile.mkdtemp (0700)

@@ -1,0 +1,171 @@
+"""Runs killed while writing (SIGKILL, no clean-up code runs): what is on disk afterwards.
+
+For each writer, one uninterrupted write is timed, then ten writes are killed at moments spread
+over that time (the first at once, the last near the end). After each kill of a save or of
+detection's layer writer the previous output must be whole and readable (or the new one, when the
+kill came after the write finished), no file at a final path may be partial, and the next write
+must clear what the killed one left. An export replaces the earlier one in its folder from its
+start: after a kill, ``prepare_data`` must refuse the folder (or read the finished export), and
+the next export must clear what the killed one wrote.
+
+The writers run in forked children (the parent has imported torch and geopandas already), so a
+kill moment falls inside the write itself rather than in Python's start-up.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import zipfile
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+import torch
+
+from geolearn import export_training_data, prepare_data
+from geolearn.atomic import partial_files
+from geolearn.data.esri import read_map_txt
+from geolearn.data.georef import write_features
+from geolearn.data.normalization import Normalization
+from geolearn.data.esri import ClassInfo
+from geolearn.learn.config import ModelConfig
+from geolearn.errors import DataFolderError
+from geolearn.learn.package import load_state_dict, resolve_model, save_package
+from geolearn.sample import make_scene
+
+KILLS = 10
+
+pytestmark = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork()")
+
+
+def _kill_at_moments(write, args_for_run) -> list[float]:
+    """Times one write, then kills ten more at spread moments; returns the moments (seconds)."""
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=write, args=args_for_run(-1))
+    started = time.perf_counter()
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0, "the uninterrupted write failed"
+    duration = time.perf_counter() - started
+    moments = [duration * k / KILLS for k in range(KILLS)]
+    return moments
+
+
+def _run_and_kill(write, args, moment: float) -> None:
+    child = multiprocessing.get_context("fork").Process(target=write, args=args)
+    child.start()
+    time.sleep(moment)
+    child.kill()
+    child.join(30)
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def _weights(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"encoder.0.weight": torch.randn(4, 3, 3, 3, generator=generator),
+            "head.weight": torch.randn(4_000_000, generator=generator)}  # 16 MB: the write takes a while
+
+
+def _emd() -> dict:
+    config = ModelConfig(class_infos=[ClassInfo(1, "tree", (0, 168, 132))], chip_size=64,
+                         normalization=Normalization.for_rgb8(), n_bands=3)
+    return config.to_emd("trees.pth")
+
+
+def _save(folder: str, seed: int) -> None:
+    save_package(Path(folder), "trees", state_dict=_weights(seed), emd=_emd())
+
+
+def test_a_killed_save_leaves_the_previous_package_and_the_next_save_clears_up(tmp_path: Path) -> None:
+    folder = tmp_path / "trees"
+    moments = _kill_at_moments(_save, lambda run: (str(tmp_path / f"timing{run}"), 1))
+    seen = {"previous": 0, "new": 0}
+    for run, moment in enumerate(moments):
+        _save(str(folder), 0)  # the previous package; also clears what the last killed save left
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+        _run_and_kill(_save, (str(folder), 1), moment)
+        emd, _ = resolve_model(folder)  # whole and readable: the EMD, the weights, the .dlpk
+        weights = load_state_dict(folder / "trees.pth")
+        with zipfile.ZipFile(folder / "trees.dlpk") as archive:
+            assert archive.testzip() is None
+        if torch.equal(weights["head.weight"], _weights(0)["head.weight"]):
+            seen["previous"] += 1
+        else:
+            assert torch.equal(weights["head.weight"], _weights(1)["head.weight"]), f"kill at {moment:.3f} s"
+            seen["new"] += 1
+    assert seen["previous"] >= KILLS // 2  # most kills fell inside the write
+    _save(str(folder), 2)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ----------------------------------------------------------------------------- detect's output
+
+
+def _frame(count: int) -> gpd.GeoDataFrame:
+    corners = np.arange(count, dtype=np.float64)[:, None] * np.array([1.0, 0.0, 1.0, 0.0]) + [0.0, 0.0, 0.8, 0.8]
+    return gpd.GeoDataFrame({"Class": ["tree"] * count, "Confidence": np.full(count, 90.0)},
+                            geometry=shapely.box(*corners.T), crs="EPSG:32633")
+
+
+def _write_layer(path: str, count: int) -> None:
+    write_features(_frame(count), path, overwrite=True)
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".shp"])
+def test_a_killed_detection_write_leaves_the_previous_layer_and_the_next_write_clears_up(tmp_path: Path, suffix):
+    layer = tmp_path / f"trees{suffix}"
+    moments = _kill_at_moments(_write_layer, lambda run: (str(tmp_path / f"timing{run}{suffix}"), 60_000))
+    previous, new = 1_000, 60_000
+    seen = {previous: 0, new: 0}
+    for moment in moments:
+        _write_layer(str(layer), previous)
+        assert partial_files(layer, (".shx", ".dbf", ".prj", ".cpg")) == []
+        _run_and_kill(_write_layer, (str(layer), new), moment)
+        found = gpd.read_file(layer)  # whole and readable
+        assert len(found) in seen, f"kill at {moment:.3f} s: {len(found)} features"
+        seen[len(found)] += 1
+    assert seen[previous] >= KILLS // 2
+    _write_layer(str(layer), previous)
+    assert partial_files(layer, (".shx", ".dbf", ".prj", ".cpg")) == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _export(raster: str, labels: str, root: str) -> None:
+    export_training_data(raster, labels, output_location=root, tile_size=128, stride_size=64, overwrite=True,
+                         progress=False)
+
+
+def _listed_and_present(root: Path) -> tuple[int, set[str]]:
+    listed = {name for pair in read_map_txt(root) for name in pair}
+    present = {p.name for folder in ("images", "labels") for p in (root / folder).iterdir()}
+    return len(read_map_txt(root)), present - listed
+
+
+def test_a_killed_export_is_refused_by_prepare_data_and_cleared_by_the_next_export(tmp_path: Path) -> None:
+    scene = make_scene(tmp_path / "scene", size=640, seed=2)
+    root = tmp_path / "chips"
+    moments = _kill_at_moments(_export, lambda run: (str(scene.raster), str(scene.labels), str(tmp_path / f"t{run}")))
+    refused = 0
+    for moment in moments:
+        _export(str(scene.raster), str(scene.labels), str(root))  # clears what the last killed export left
+        chips, unlisted = _listed_and_present(root)
+        assert chips > 0 and unlisted == set()
+        _run_and_kill(_export, (str(scene.raster), str(scene.labels), str(root)), moment)
+        try:
+            data = prepare_data(root, chip_size=128, batch_size=4)
+        except DataFolderError as error:
+            assert "did not finish" in str(error)
+            refused += 1
+        else:  # the kill came after the export finished
+            assert len(data.train_ds) + len(data.valid_ds) == chips
+    assert refused >= KILLS // 2
+    _export(str(scene.raster), str(scene.labels), str(root))
+    assert _listed_and_present(root)[1] == set()
