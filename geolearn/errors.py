@@ -33,6 +33,7 @@ __all__ = [
     "ModelDefinitionError",
     "InputNotFoundError",
     "InvalidArgumentError",
+    "TrainingDivergedError",
 ]
 
 
@@ -83,6 +84,10 @@ class ModelDefinitionError(GeolearnError, ValueError):
 
 class InputNotFoundError(GeolearnError, FileNotFoundError):
     """An input raster or model package that does not exist, or a glob pattern that matches no file."""
+
+
+class TrainingDivergedError(GeolearnError, FloatingPointError):
+    """The training loss became NaN or infinite: ``fit`` stops, and says what to try."""
 
 
 class InvalidArgumentError(GeolearnError, ValueError):

@@ -22,6 +22,7 @@ from geolearn.errors import (
     NoChipsError,
     NoOverlapError,
     OutputExistsError,
+    TrainingDivergedError,
 )
 
 BUILTIN_OF = {
@@ -36,6 +37,7 @@ BUILTIN_OF = {
     ModelDefinitionError: ValueError,
     InputNotFoundError: FileNotFoundError,
     InvalidArgumentError: ValueError,
+    TrainingDivergedError: FloatingPointError,
 }
 
 

@@ -19,6 +19,7 @@ from geolearn.data.esri import ClassInfo
 from geolearn.data.folders import FolderData, read_folder
 from geolearn.data.normalization import Normalization, cached_sample_normalization
 from geolearn.data.transforms import default_batch_transforms
+from geolearn.checks import fraction, whole_number
 from geolearn.errors import BandMismatchError, DataFolderError, NoChipsError
 from geolearn.viz import resolve_rgb_bands
 
@@ -370,7 +371,8 @@ def prepare_data(
         BandMismatchError: chips (or folders) with different band counts.
         TypeError: an unknown keyword argument, ``extract_bands`` that are not integers, or
             ``transforms`` of another kind than listed above.
-        ValueError: an ``rgb_bands`` name or index the data does not have.
+        ValueError: an ``rgb_bands`` name or index the data does not have; ``chip_size`` under
+            8, ``batch_size`` under 1, or ``val_split_pct`` outside [0, 1).
 
     Examples:
         >>> import tempfile
@@ -388,6 +390,10 @@ def prepare_data(
     unknown = set(kwargs) - _KNOWN_KWARGS
     if unknown:
         raise TypeError(f"prepare_data() got unexpected keyword arguments {sorted(unknown)}; known: {sorted(_KNOWN_KWARGS)}")
+    # The network runs on chips down to 8 px (measured); smaller ones are not worth training.
+    chip_size = whole_number("chip_size", chip_size, minimum=8, example="224")
+    batch_size = whole_number("batch_size", batch_size, example="8")
+    val_split_pct = fraction("val_split_pct", val_split_pct, include_one=False, example="0.1")
     roots = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
     if not roots:
         raise DataFolderError("prepare_data() got an empty list of paths; pass at least one export folder.")

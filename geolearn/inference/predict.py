@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from geolearn.checks import fraction, whole_number
 from geolearn.data.georef import detections_frame, resolve_output, write_features
 from geolearn.data.images import read_chip
 from geolearn.inference.defaults import (
@@ -118,6 +119,9 @@ def predict_image(
         >>> tuple(pixels.shape), len(found.scores), network.training  # untrained: nothing; mode restored
         ((3, 100, 150), 0, True)
     """
+    fraction("threshold", threshold, example="0.3")
+    fraction("nms_overlap", nms_overlap, example="0.1")
+    whole_number("batch_size", batch_size, example="8")
     image = config.normalization.normalize(pixels)
     height, width = image.shape[1:]
     size, zoom = config.chip_size, config.zoom
@@ -185,6 +189,8 @@ def detect_raster_objects(
     Examples:
         See ``RetinaNet.detect_objects``, which calls it with the model's network, config and anchors.
     """
+    fraction("threshold", threshold, example="0.3")
+    fraction("nms_overlap", nms_overlap, example="0.1")
     size = config.chip_size
     padding = default_padding(size) if padding is None else padding
     if isinstance(padding, bool) or not isinstance(padding, int) or not 0 <= 2 * padding < size:

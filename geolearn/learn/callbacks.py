@@ -25,11 +25,13 @@ from fastai.callback.progress import ProgressCallback
 from fastai.learner import Metric
 from fastcore.basics import noop
 
+from geolearn.errors import TrainingDivergedError
 from geolearn.learn.evaluation import DetectionSettings, batch_detections, batch_targets
 from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.progress import watched
 
-__all__ = ["Autocast", "precision_callbacks", "AveragePrecisionMetric", "TimeBudget", "TableProgress"]
+__all__ = ["Autocast", "precision_callbacks", "AveragePrecisionMetric", "TimeBudget", "TableProgress",
+           "StopOnNonFiniteLoss"]
 
 logger = logging.getLogger(__name__)
 
@@ -305,3 +307,29 @@ class _NoBar:
 
     def on_iter_end(self) -> None:
         pass
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops ``fit`` with :class:`~geolearn.errors.TrainingDivergedError` when a training batch's loss is NaN or infinite.
+
+    The check falls after the loss and before the backward pass, so the model keeps the weights
+    of the last finite batch. fastai's ``TerminateOnNaNCallback`` stops as quietly as an early
+    stop would, which hands a diverged model on to ``save`` and ``detect_objects`` without a word.
+
+    Examples:
+        See :func:`geolearn.learn.training.fit_callbacks`, which adds it to every ``fit``.
+    """
+
+    order = Autocast.order + 1  # the loss as the precision callbacks left it
+
+    def after_loss(self) -> None:
+        """Raises when this training batch's loss is not finite."""
+        loss = self.learn.loss
+        if not self.training or bool(torch.isfinite(loss).all()):
+            return
+        rate = self.learn.opt.hypers[-1]["lr"]
+        raise TrainingDivergedError(
+            f"fit: the training loss became {float(loss.detach())} at epoch {self.epoch + 1}, batch {self.iter + 1}, "
+            f"at a learning rate of {rate:.2e}. Train with a lower one (fit(lr=...), a tenth of it, say), or "
+            "check the chips for NaN pixels. The model keeps the weights of the batch before."
+        )

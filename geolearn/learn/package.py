@@ -588,6 +588,11 @@ def save_package(
         raise ValueError(f"name={name!r}: use letters, digits, '_', '-' and '.', e.g. 'pools_resnet50'.")
     if not state_dict or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state_dict.items()):
         raise ValueError("state_dict: give the network's state_dict (parameter names -> tensors).")
+    broken = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ValueError(f"state_dict: {len(broken)} tensors hold NaN or infinity (e.g. {broken[0]!r}): training "
+                         "diverged, and a package of these weights would detect nothing. Train again with a lower "
+                         "learning rate, or load a checkpoint saved before it diverged.")
     extra_top = {PurePosixPath(p.replace("\\", "/")).parts[0] for p in (extra_files or {}) if p}
     _tidy_interrupted_saves(folder)
     if folder.exists() or folder.is_symlink():

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from geolearn.atomic import atomic_write
+from geolearn.checks import positive_number, whole_number
 from geolearn.data.esri import DATASET_TYPES
 from geolearn.errors import OutputExistsError
 from geolearn.inference.defaults import MERGE, NMS_OVERLAP, THRESHOLD, MergeMethod
@@ -55,6 +56,16 @@ from geolearn.viz import (
 __all__ = ["RetinaNet"]
 
 logger = logging.getLogger(__name__)
+
+
+def _check_lr(lr: float | slice | None) -> None:
+    """A learning rate ``fit`` can use: None, a finite number > 0, or a slice of them."""
+    if isinstance(lr, slice):
+        for part in (lr.start, lr.stop):
+            if part is not None:
+                positive_number("lr", part, example="slice(1e-4, 1e-3)")
+    elif lr is not None:
+        positive_number("lr", lr, example="1e-3")
 
 
 class RetinaNet:
@@ -299,6 +310,8 @@ class RetinaNet:
         from geolearn.learn.training import CHECKPOINTS, calibrate_threshold, fit_callbacks
 
         self._require_data("fit")
+        epochs = whole_number("epochs", epochs, example="10")
+        _check_lr(lr)
         if time_budget is not None and not time_budget > 0:
             raise ValueError(f"time_budget={time_budget!r}: give the seconds fit may take, a number > 0 (or None).")
         started = time.perf_counter()
@@ -306,6 +319,10 @@ class RetinaNet:
             raise ValueError(f"monitor={monitor!r}: choose one of {self.available_metrics}.")
         if checkpoint not in CHECKPOINTS:
             raise ValueError(f"checkpoint={checkpoint!r}: use True, False, 'best' or 'all'.")
+        if len(self._data.valid_ds) == 0 and (checkpoint or early_stopping):
+            raise ValueError(f"checkpoint={checkpoint!r}, early_stopping={early_stopping!r}: they watch the validation "
+                             "chips, and the data has none; prepare_data with val_split_pct=0.1 (say), or fit with "
+                             "checkpoint=False, early_stopping=False.")
         if lr is None:
             lr = self.lr_find(allow_plot=False)
             logger.info("lr_find chose %.2e", lr)
@@ -386,7 +403,7 @@ class RetinaNet:
         Returns:
             ``{class name: AP}`` for classes with ground truth, or their mean.
         """
-        self._require_data("average_precision_score")
+        self._require_data("average_precision_score", validation=True)
         settings = DetectionSettings(self.anchors, self._config.chip_size, detect_thresh, nms_overlap, iou_thresh)
         predictions, targets = evaluate(self.model, self._data.valid, settings, self._precision_dtype(), show_progress)
         ap = average_precision(predictions, targets, iou_thresh=iou_thresh)
@@ -483,11 +500,13 @@ class RetinaNet:
         average_precision = None
         figures = {}
         if self._data is not None:
-            if compute_metrics:
+            validation = len(self._data.valid_ds) > 0  # without validation chips: no AP, no results figure
+            if compute_metrics and validation:
                 average_precision = self.average_precision_score(show_progress=False)
             if getattr(self.learn.recorder, "losses", None):  # set once fit has run
                 figures["loss_graph"] = self._losses_figure()
-            figures["show_results"] = self._results_figure(rows=3, thresh=0.3, nms_overlap=NMS_OVERLAP)
+            if validation:
+                figures["show_results"] = self._results_figure(rows=3, thresh=0.3, nms_overlap=NMS_OVERLAP)
         emd = self._config.to_emd(f"{name}.pth", average_precision=average_precision,
                                   network_script=f"{name}_detector.pt")
         optimizer = None
@@ -682,7 +701,7 @@ class RetinaNet:
         Returns:
             The Figure (shown in Jupyter).
         """
-        self._require_data("show_results")
+        self._require_data("show_results", validation=True)
         figure = self._results_figure(rows, thresh, nms_overlap, kwargs.get("rgb_bands"))
         show_figure(figure)
         return figure
@@ -694,7 +713,10 @@ class RetinaNet:
         return plot_ground_truth_and_predictions([image[rgb] for image in images], targets, predictions,
                                                  self._config.classes, self._class_colors())
 
-    def _require_data(self, what: str) -> None:
+    def _require_data(self, what: str, validation: bool = False) -> None:
         if self._data is None:
             raise RuntimeError(f"{what}() needs training data: create the model with RetinaNet(data) or "
                                f"RetinaNet.from_model(emd_path, data=prepare_data(...)).")
+        if validation and len(self._data.valid_ds) == 0:
+            raise RuntimeError(f"{what}() works on the validation chips, and the data has none: prepare_data with "
+                               "val_split_pct=0.1 (say), or valid_path=<a folder of chips>.")

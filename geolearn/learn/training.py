@@ -32,7 +32,13 @@ from fastai.optimizer import Adam
 from geolearn.data.boxes import pixel_to_unit
 from geolearn.errors import GeolearnWarning
 from geolearn.inference.defaults import NMS_OVERLAP
-from geolearn.learn.callbacks import AveragePrecisionMetric, TableProgress, TimeBudget, precision_callbacks
+from geolearn.learn.callbacks import (
+    AveragePrecisionMetric,
+    StopOnNonFiniteLoss,
+    TableProgress,
+    TimeBudget,
+    precision_callbacks,
+)
 from geolearn.learn.evaluation import DetectionSettings, evaluate
 from geolearn.metrics import precision_recall
 from geolearn.models.loss import cut_by_edge
@@ -113,7 +119,7 @@ def fit_callbacks(
     tensorboard_dir: Path | None,
     seconds_left: float | None,
 ) -> list[Callback]:
-    """The callbacks of one ``fit``: precision and channels_last, then what its arguments ask for.
+    """The callbacks of one ``fit``: precision, channels_last and a stop on a non-finite loss, then what its arguments ask for.
 
     Args:
         dtype: the autocast dtype (:func:`~geolearn.learn.callbacks.precision_callbacks`).
@@ -126,7 +132,7 @@ def fit_callbacks(
     Examples:
         See ``RetinaNet.fit``, which calls it.
     """
-    callbacks = precision_callbacks(dtype) + [ChannelsLast()]
+    callbacks = precision_callbacks(dtype) + [ChannelsLast(), StopOnNonFiniteLoss()]
     if early_stopping:
         callbacks.append(EarlyStoppingCallback(monitor=monitor, min_delta=0.001, patience=5))
     if checkpoint:
