@@ -13,7 +13,7 @@ from numbers import Integral, Real
 
 from geolearn.errors import InvalidArgumentError
 
-__all__ = ["whole_number", "positive_number", "fraction"]
+__all__ = ["whole_number", "positive_number", "fraction", "learning_rate"]
 
 
 def whole_number(name: str, value: object, *, minimum: int = 1, example: str | None = None) -> int:
@@ -72,3 +72,21 @@ def fraction(name: str, value: object, *, include_one: bool = True, example: str
     if not (0 <= value <= 1) or (value == 1 and not include_one):
         raise InvalidArgumentError(f"{name}={value!r}: give a number {span}{hint}.")
     return float(value)
+
+
+def learning_rate(lr: object) -> None:
+    """Refuses a learning rate ``fit`` cannot use; None (lr_find chooses), a finite number > 0 or a slice of them pass.
+
+    Examples:
+        >>> learning_rate(slice(1e-4, 1e-3))
+        >>> learning_rate(slice(0, 1e-3))
+        Traceback (most recent call last):
+        ...
+        geolearn.errors.InvalidArgumentError: lr=0: give a finite number > 0, e.g. slice(1e-4, 1e-3).
+    """
+    if isinstance(lr, slice):
+        for part in (lr.start, lr.stop):
+            if part is not None:
+                positive_number("lr", part, example="slice(1e-4, 1e-3)")
+    elif lr is not None:
+        positive_number("lr", lr, example="1e-3")

@@ -8,13 +8,17 @@ must clear what the killed one left. An export replaces the earlier one in its f
 start: after a kill, ``prepare_data`` must refuse the folder (or read the finished export), and
 the next export must clear what the killed one wrote.
 
-The writers run in forked children (the parent has imported torch and geopandas already), so a
-kill moment falls inside the write itself rather than in Python's start-up.
+Each write runs in a child Python that imports geolearn, says it is ready and then waits for the
+word to go, so that a kill moment falls inside the write itself rather than in Python's start-up.
+(Forked children hang: torch's OpenMP threads do not survive a fork once the parent has used them.)
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import json
+import os
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -38,28 +42,57 @@ from geolearn.sample import make_scene
 
 KILLS = 10
 
-pytestmark = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork()")
+_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import test_faults
+name, args = json.loads(sys.argv[2])
+print("ready", flush=True)
+sys.stdin.readline()
+getattr(test_faults, name)(*args)
+print("done", flush=True)
+"""
 
 
-def _kill_at_moments(write, args_for_run) -> list[float]:
-    """Times one write, then kills ten more at spread moments; returns the moments (seconds)."""
-    context = multiprocessing.get_context("fork")
-    child = context.Process(target=write, args=args_for_run(-1))
+def _ready_children(name: str, runs: list[tuple]) -> list[subprocess.Popen]:
+    """One child per run, all started at once (their imports overlap), each waiting to go."""
+    import geolearn
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(geolearn.__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    children = [subprocess.Popen([sys.executable, "-c", _CHILD, str(Path(__file__).parent), json.dumps([name, args])],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                for args in runs]
+    for child in children:
+        assert child.stdout.readline().strip() == "ready"
+    return children
+
+
+def _go(child: subprocess.Popen) -> None:
+    child.stdin.write("go\n")
+    child.stdin.flush()
+
+
+def _timed(child: subprocess.Popen) -> float:
+    """Seconds from go to the write's end (not the interpreter's, which takes a while after torch)."""
     started = time.perf_counter()
-    child.start()
-    child.join(120)
-    assert child.exitcode == 0, "the uninterrupted write failed"
+    _go(child)
+    assert child.stdout.readline().strip() == "done", "the uninterrupted write failed"
     duration = time.perf_counter() - started
-    moments = [duration * k / KILLS for k in range(KILLS)]
-    return moments
+    assert child.wait(120) == 0
+    return duration
 
 
-def _run_and_kill(write, args, moment: float) -> None:
-    child = multiprocessing.get_context("fork").Process(target=write, args=args)
-    child.start()
+def _kill_after(child: subprocess.Popen, moment: float) -> None:
+    _go(child)
     time.sleep(moment)
     child.kill()
-    child.join(30)
+    child.wait(30)
+
+
+def _moments(duration: float) -> list[float]:
+    """Ten kill moments spread over a write of ``duration`` seconds, the first at once."""
+    return [duration * k / KILLS for k in range(KILLS)]
 
 
 # ----------------------------------------------------------------------------- save
@@ -83,12 +116,12 @@ def _save(folder: str, seed: int) -> None:
 
 def test_a_killed_save_leaves_the_previous_package_and_the_next_save_clears_up(tmp_path: Path) -> None:
     folder = tmp_path / "trees"
-    moments = _kill_at_moments(_save, lambda run: (str(tmp_path / f"timing{run}"), 1))
+    timing, *killed = _ready_children("_save", [(str(tmp_path / "timing"), 1)] + [(str(folder), 1)] * KILLS)
     seen = {"previous": 0, "new": 0}
-    for run, moment in enumerate(moments):
+    for child, moment in zip(killed, _moments(_timed(timing))):
         _save(str(folder), 0)  # the previous package; also clears what the last killed save left
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
-        _run_and_kill(_save, (str(folder), 1), moment)
+        _kill_after(child, moment)
         emd, _ = resolve_model(folder)  # whole and readable: the EMD, the weights, the .dlpk
         weights = load_state_dict(folder / "trees.pth")
         with zipfile.ZipFile(folder / "trees.dlpk") as archive:
@@ -119,13 +152,14 @@ def _write_layer(path: str, count: int) -> None:
 @pytest.mark.parametrize("suffix", [".gpkg", ".shp"])
 def test_a_killed_detection_write_leaves_the_previous_layer_and_the_next_write_clears_up(tmp_path: Path, suffix):
     layer = tmp_path / f"trees{suffix}"
-    moments = _kill_at_moments(_write_layer, lambda run: (str(tmp_path / f"timing{run}{suffix}"), 60_000))
     previous, new = 1_000, 60_000
+    timing, *killed = _ready_children("_write_layer", [(str(tmp_path / f"timing{suffix}"), new)]
+                                      + [(str(layer), new)] * KILLS)
     seen = {previous: 0, new: 0}
-    for moment in moments:
+    for child, moment in zip(killed, _moments(_timed(timing))):
         _write_layer(str(layer), previous)
         assert partial_files(layer, (".shx", ".dbf", ".prj", ".cpg")) == []
-        _run_and_kill(_write_layer, (str(layer), new), moment)
+        _kill_after(child, moment)
         found = gpd.read_file(layer)  # whole and readable
         assert len(found) in seen, f"kill at {moment:.3f} s: {len(found)} features"
         seen[len(found)] += 1
@@ -152,13 +186,14 @@ def _listed_and_present(root: Path) -> tuple[int, set[str]]:
 def test_a_killed_export_is_refused_by_prepare_data_and_cleared_by_the_next_export(tmp_path: Path) -> None:
     scene = make_scene(tmp_path / "scene", size=640, seed=2)
     root = tmp_path / "chips"
-    moments = _kill_at_moments(_export, lambda run: (str(scene.raster), str(scene.labels), str(tmp_path / f"t{run}")))
+    sources = (str(scene.raster), str(scene.labels))
+    timing, *killed = _ready_children("_export", [(*sources, str(tmp_path / "timing"))] + [(*sources, str(root))] * KILLS)
     refused = 0
-    for moment in moments:
-        _export(str(scene.raster), str(scene.labels), str(root))  # clears what the last killed export left
+    for child, moment in zip(killed, _moments(_timed(timing))):
+        _export(*sources, str(root))  # clears what the last killed export left
         chips, unlisted = _listed_and_present(root)
         assert chips > 0 and unlisted == set()
-        _run_and_kill(_export, (str(scene.raster), str(scene.labels), str(root)), moment)
+        _kill_after(child, moment)
         try:
             data = prepare_data(root, chip_size=128, batch_size=4)
         except DataFolderError as error:
@@ -167,5 +202,5 @@ def test_a_killed_export_is_refused_by_prepare_data_and_cleared_by_the_next_expo
         else:  # the kill came after the export finished
             assert len(data.train_ds) + len(data.valid_ds) == chips
     assert refused >= KILLS // 2
-    _export(str(scene.raster), str(scene.labels), str(root))
+    _export(*sources, str(root))
     assert _listed_and_present(root)[1] == set()

@@ -19,7 +19,7 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -186,6 +186,14 @@ def read_voc(path: str | Path) -> ChipLabels:
     return ChipLabels.from_lists(boxes, classes)
 
 
+def _text_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, whitespace-separated fields) of each non-blank line of a text label file."""
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        fields = line.split()
+        if fields:
+            yield lineno, fields
+
+
 def read_kitti(path: str | Path) -> ChipLabels:
     """Reads a KITTI label file: one object a line, whitespace-separated.
 
@@ -215,10 +223,7 @@ def read_kitti(path: str | Path) -> ChipLabels:
     """
     path = Path(path)
     boxes, classes = [], []
-    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
+    for lineno, fields in _text_rows(path):
         if len(fields) < 8:
             raise LabelFormatError(
                 f"{path}: line {lineno} has {len(fields)} fields, KITTI needs at least 8 "
@@ -264,17 +269,14 @@ def read_yolo(path: str | Path, image_width: int, image_height: int) -> ChipLabe
     """
     path = Path(path)
     boxes, classes = [], []
-    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
+    for lineno, fields in _text_rows(path):
         try:
             cx, cy, w, h = (float(v) for v in fields[1:5])
             if len(fields) != 5:
                 raise ValueError
         except ValueError:
             raise LabelFormatError(
-                f"{path}: line {lineno} is {line.strip()!r}; YOLO needs five numbers "
+                f"{path}: line {lineno} is {' '.join(fields)!r}; YOLO needs five numbers "
                 "'class cx cy w h' normalised to [0, 1]. Fix that line."
             ) from None
         box = [

@@ -9,19 +9,23 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from geolearn._version import __version__
+from geolearn.atomic import atomic_write
+from geolearn.checks import fraction
+from geolearn.errors import OutputExistsError
 from geolearn.inference.defaults import NMS_OVERLAP
 from geolearn.models.portable import deepness_metadata, onnx_bytes, script_bytes
 
 if TYPE_CHECKING:
     from geolearn.learn.config import ModelConfig
 
-__all__ = ["raster_function_network", "onnx_network", "traced_network"]
+__all__ = ["raster_function_network", "onnx_network", "write_onnx", "traced_network"]
 
 
 def raster_function_network(network: nn.Module, config: ModelConfig, anchors: Tensor) -> bytes:
@@ -67,6 +71,31 @@ def onnx_network(network: nn.Module, config: ModelConfig, anchors: Tensor, thres
         "output": "[batch, 4 + classes, anchors]: cx, cy, w, h in input pixels, then sigmoid class scores",
     })
     return onnx_bytes(network, anchors, config.chip_size, config.n_bands, metadata)
+
+
+def write_onnx(path: str | Path, network: nn.Module, config: ModelConfig, anchors: Tensor, threshold: float,
+               nms_overlap: float = NMS_OVERLAP, *, overwrite: bool = False) -> Path:
+    """Writes :func:`onnx_network` to ``path`` (``.onnx``), whole or not at all; returns the path.
+
+    Raises:
+        ValueError: ``path`` does not end in ``.onnx``, or a threshold outside [0, 1].
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+
+    Examples:
+        See ``RetinaNet.export_onnx``, which calls it.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        raise ValueError(f"{path}: give a file name ending in .onnx.")
+    fraction("threshold", threshold, example="0.3")
+    fraction("nms_overlap", nms_overlap, example="0.1")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: exists; pass overwrite=True or choose another name.")
+    content = onnx_network(network, config, anchors, threshold, nms_overlap)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as partial:  # never a half-written model at path
+        partial.write_bytes(content)
+    return path
 
 
 def traced_network(network: nn.Module, config: ModelConfig) -> bytes:

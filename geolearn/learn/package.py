@@ -62,12 +62,13 @@ import torch
 from torch import Tensor
 
 from geolearn.errors import ModelDefinitionError, OutputExistsError
-from geolearn.learn.emd import ARCGIS_INFERENCE_FUNCTION, INFERENCE_FUNCTION, MODEL_NAME
+from geolearn.learn.emd import ARCGIS_INFERENCE_FUNCTION, INFERENCE_FUNCTION, MODEL_NAME, read_emd
 from geolearn.models import raster_function
 
 __all__ = [
     "resolve_model",
     "load_state_dict",
+    "weights_file",
     "save_package",
     "CHARACTERISTICS_DIR",
     "METRICS_FILE",
@@ -264,6 +265,36 @@ def resolve_model(path: str | Path, *, extract_dir: str | Path | None = None) ->
 
 
 # ----------------------------------------------------------------------------- weights
+
+
+def weights_file(name_or_path: str | Path, models_folder: Path | None = None) -> Path:
+    """The ``.pth`` that ``RetinaNet.load(name_or_path)`` loads.
+
+    Args:
+        name_or_path: a ``.pth``; an ``.emd``, a model folder or a ``.dlpk`` (its EMD's
+            ``ModelFile``); or, with ``models_folder``, a model's name.
+        models_folder: where models saved by name live (``<data.path>/models``). Default None.
+
+    Raises:
+        FileNotFoundError: no such weights file.
+
+    Examples:
+        >>> weights_file("no/such/trees.pth")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: no/such/trees.pth: no such model weights file; give a .pth, .emd or .dlpk path or the name of a model saved under <data.path>/models/.
+    """
+    path = Path(name_or_path)
+    if models_folder is not None:
+        weights = models_folder / path.name / f"{path.name}.pth"
+    elif path.suffix == ".pth":
+        weights = path
+    else:
+        weights = read_emd(resolve_model(path)[0]).model_file
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: no such model weights file; give a .pth, .emd or .dlpk path "
+                                "or the name of a model saved under <data.path>/models/.")
+    return weights
 
 
 def load_state_dict(pth_path: str | Path) -> dict[str, Tensor]:

@@ -22,18 +22,16 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from geolearn.atomic import atomic_write
-from geolearn.checks import positive_number, whole_number
+from geolearn.checks import learning_rate, whole_number
 from geolearn.data.esri import DATASET_TYPES
-from geolearn.errors import OutputExistsError
 from geolearn.inference.defaults import MERGE, NMS_OVERLAP, THRESHOLD, MergeMethod
 from geolearn.inference.predict import detect_with_model, image_pixels, predict_image
 from geolearn.learn.evaluation import DetectionSettings, evaluate, first_chips
 from geolearn.learn.lr_rule import suggest_lr
-from geolearn.learn.network_files import onnx_network, raster_function_network, traced_network
+from geolearn.learn.network_files import onnx_network, raster_function_network, traced_network, write_onnx
 from geolearn.learn.config import ModelConfig
 from geolearn.learn.emd import read_emd
-from geolearn.learn.package import load_state_dict, resolve_model, save_package
+from geolearn.learn.package import load_state_dict, resolve_model, save_package, weights_file
 from geolearn.models.precision import resolve_precision
 from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.models.anchors import make_anchors, suggest_anchors
@@ -56,16 +54,6 @@ from geolearn.viz import (
 __all__ = ["RetinaNet"]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_lr(lr: float | slice | None) -> None:
-    """A learning rate ``fit`` can use: None, a finite number > 0, or a slice of them."""
-    if isinstance(lr, slice):
-        for part in (lr.start, lr.stop):
-            if part is not None:
-                positive_number("lr", part, example="slice(1e-4, 1e-3)")
-    elif lr is not None:
-        positive_number("lr", lr, example="1e-3")
 
 
 class RetinaNet:
@@ -311,7 +299,7 @@ class RetinaNet:
 
         self._require_data("fit")
         epochs = whole_number("epochs", epochs, example="10")
-        _check_lr(lr)
+        learning_rate(lr)
         if time_budget is not None and not time_budget > 0:
             raise ValueError(f"time_budget={time_budget!r}: give the seconds fit may take, a number > 0 (or None).")
         started = time.perf_counter()
@@ -428,15 +416,8 @@ class RetinaNet:
                 arcgis.learn saves); loading is safe (``weights_only=True``).
         """
         path = Path(name_or_path)
-        if path.suffix == ".pth":
-            weights = path
-        elif path.suffix in (".emd", ".dlpk") or path.is_dir():
-            weights = read_emd(resolve_model(path)[0]).model_file
-        else:
-            weights = self._models_folder() / path.name / f"{path.name}.pth"
-        if not weights.exists():
-            raise FileNotFoundError(f"{weights}: no such model weights file; give a .pth, .emd or .dlpk path "
-                                    "or the name of a model saved under <data.path>/models/.")
+        named = not (path.suffix in (".pth", ".emd", ".dlpk") or path.is_dir())  # a name under models/
+        weights = weights_file(path, self._models_folder() if named else None)
         self.model.load_state_dict(load_state_dict(weights), strict=True)
         self._learned_weights = True
 
@@ -546,17 +527,8 @@ class RetinaNet:
             ImportError: the ``onnx`` package is missing (``pip install 'geolearn[onnx]'``).
             OutputExistsError: ``path`` exists and ``overwrite`` is False.
         """
-        path = Path(path)
-        if path.suffix.lower() != ".onnx":
-            raise ValueError(f"{path}: give a file name ending in .onnx.")
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path}: exists; pass overwrite=True or choose another name.")
-        content = onnx_network(self.model, self._config, self.anchors,
-                               self.threshold if threshold is None else threshold, nms_overlap)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as partial:  # never a half-written model at path
-            partial.write_bytes(content)
-        return path
+        return write_onnx(path, self.model, self._config, self.anchors, self.threshold if threshold is None else threshold,
+                          nms_overlap, overwrite=overwrite)
 
     # ------------------------------------------------------------------ prediction
 
