@@ -41,6 +41,7 @@ from geolearn.data.transforms import default_batch_transforms  # noqa: E402
 from geolearn.learn.evaluation import DetectionSettings, evaluate  # noqa: E402
 from geolearn.learn.retinanet import RetinaNet  # noqa: E402
 from geolearn.metrics import average_precision  # noqa: E402
+from geolearn.models.precision import resolve_precision  # noqa: E402
 
 WORK = REPO / "benchmarks" / "_work" / "demo"
 RESULTS = REPO / "benchmarks" / "results" / "demo_recipe.jsonl"  # committed: the records of labelled runs
@@ -124,7 +125,8 @@ def main() -> None:
     seconds = time.perf_counter() - start
 
     settings = DetectionSettings(model.anchors, side, AP_DETECT_THRESH, DENSE_NMS_OVERLAP, 0.5)
-    preds, targets = evaluate(model.model, data.valid, settings, model._precision_dtype(), False)
+    dtype = resolve_precision(model.mixed_precision, next(model.model.parameters()).device)  # as fit ran
+    preds, targets = evaluate(model.model, data.valid, settings, dtype, False)
     names = data.classes  # labels count from 1; 0 is the background
     ap = {iou: average_precision(preds, targets, iou_thresh=iou) for iou in (0.5, 0.1)}
     per_class = {iou: {names[c]: round(v, 3) for c, v in values.items()} for iou, values in ap.items()}
