@@ -11,6 +11,7 @@ import torch
 from matplotlib.figure import Figure
 
 from geolearn import prepare_data
+from geolearn.errors import ModelDefinitionError
 from geolearn.learn.retinanet import RetinaNet
 
 from conftest import chip_pixels, write_image
@@ -168,3 +169,22 @@ def test_from_model_takes_the_saved_tensors_as_float32_parameters(model, tmp_pat
     assert not any(t.is_meta for t in state.values())
     assert all(state[name].dtype == value.dtype for name, value in saved.items())
     assert all(torch.equal(state[name], value.half().to(value.dtype)) for name, value in saved.items())
+
+
+def test_weights_that_do_not_fit_the_emd_name_both_files_and_how_they_differ(model, tmp_path, tiny_data):
+    folder = model.save(tmp_path / "trees", compute_metrics=False)
+    other = RetinaNet(tiny_data, backbone="resnet34", pretrained=False)
+    torch.save(other.model.state_dict(), folder / "trees.pth")  # a resnet34's weights beside a resnet18's EMD
+    with pytest.raises(ModelDefinitionError, match=r"trees\.pth: the weights do not fit the network: \d+ the network "
+                                                   r"does not have \(e\.g\. 'encoder\.4\.2\.conv1\.weight'\); .*trees\.emd describes "
+                                                   r"a resnet18 with 2 classes and 9 anchors per cell"):
+        RetinaNet.from_model(folder / "trees.emd")
+    with pytest.raises(ModelDefinitionError, match=r"trees\.pth: the weights do not fit the network: .*; this model is "
+                                                   r"a resnet18 with 2 classes"):
+        model.load(folder / "trees.pth")
+    head = {k: v for k, v in model.model.state_dict().items()}
+    head["classifier.4.weight"] = torch.zeros(9, 256, 3, 3)  # one class's outputs instead of two
+    torch.save(head, folder / "trees.pth")
+    with pytest.raises(ModelDefinitionError, match=r"1 of another shape \(e\.g\. 'classifier\.4\.weight': "
+                                                   r"\[9, 256, 3, 3\] in the weights, \[18, 256, 3, 3\] in the network\)"):
+        RetinaNet.from_model(folder)

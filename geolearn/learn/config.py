@@ -121,6 +121,12 @@ class ModelConfig:
         return ["background", *(c.name for c in self.class_infos)]
 
     @property
+    def network_summary(self) -> str:
+        """The network in words, for error messages: ``'a resnet18 with 2 classes and 9 anchors per cell'``."""
+        return (f"a {self.backbone_name} with {len(self.class_infos)} classes and "
+                f"{len(self.scales) * len(self.ratios)} anchors per cell")
+
+    @property
     def backbone_name(self) -> str:
         """The backbone's name, also for a custom torchvision function."""
         return self.backbone if isinstance(self.backbone, str) else getattr(self.backbone, "__name__", "custom")

@@ -64,11 +64,13 @@ from torch import Tensor
 from geolearn.errors import ModelDefinitionError, OutputExistsError
 from geolearn.learn.emd import ARCGIS_INFERENCE_FUNCTION, INFERENCE_FUNCTION, MODEL_NAME, read_emd
 from geolearn.models import raster_function
+from geolearn.models.retinanet import check_weights_fit
 
 __all__ = [
     "resolve_model",
     "load_state_dict",
     "weights_file",
+    "load_fitting_state_dict",
     "save_package",
     "CHARACTERISTICS_DIR",
     "METRICS_FILE",
@@ -265,6 +267,29 @@ def resolve_model(path: str | Path, *, extract_dir: str | Path | None = None) ->
 
 
 # ----------------------------------------------------------------------------- weights
+
+
+def load_fitting_state_dict(pth: str | Path, expected: Mapping[str, Tensor], network: str) -> dict[str, Tensor]:
+    """:func:`load_state_dict` of ``pth``, when its names and shapes fit the network's ``expected`` state_dict.
+
+    Args:
+        pth: the weights file.
+        expected: the network's ``state_dict()`` (meta tensors will do).
+        network: the network in words, for the message (``"this model is a resnet18 with ..."``).
+
+    Raises:
+        ModelDefinitionError: naming ``pth``, how the weights differ
+            (:func:`~geolearn.models.retinanet.check_weights_fit`) and ``network``.
+
+    Examples:
+        See ``RetinaNet.load``, which calls it.
+    """
+    state = load_state_dict(pth)
+    try:
+        check_weights_fit(expected, state)
+    except ValueError as error:
+        raise ModelDefinitionError(f"{pth}: {error}; {network}.") from None
+    return state
 
 
 def weights_file(name_or_path: str | Path, models_folder: Path | None = None) -> Path:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from geolearn.checks import learning_rate, whole_number
 from geolearn.data.esri import DATASET_TYPES
+from geolearn.errors import ModelDefinitionError
 from geolearn.inference.defaults import MERGE, NMS_OVERLAP, THRESHOLD, MergeMethod
 from geolearn.inference.predict import detect_with_model, image_pixels, predict_image
 from geolearn.learn.evaluation import DetectionSettings, evaluate, first_chips
@@ -31,7 +32,7 @@ from geolearn.learn.lr_rule import suggest_lr
 from geolearn.learn.network_files import onnx_network, raster_function_network, traced_network, write_onnx
 from geolearn.learn.config import ModelConfig
 from geolearn.learn.emd import read_emd
-from geolearn.learn.package import load_state_dict, resolve_model, save_package, weights_file
+from geolearn.learn.package import load_fitting_state_dict, load_state_dict, resolve_model, save_package, weights_file
 from geolearn.models.precision import resolve_precision
 from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.models.anchors import make_anchors, suggest_anchors
@@ -363,10 +364,9 @@ class RetinaNet:
         return figure
 
     def _losses_figure(self) -> Figure:
-        recorder = self.learn.recorder
-        train = [float(v) for v in getattr(recorder, "losses", [])]
-        valid = [float(row[1]) for row in getattr(recorder, "values", []) if len(row) > 1 and row[1] is not None]
-        return plot_losses(list(range(len(train))), train, list(getattr(recorder, "iters", []))[: len(valid)], valid)
+        from geolearn.learn.training import recorded_losses
+
+        return plot_losses(*recorded_losses(self.learn.recorder))
 
     # ------------------------------------------------------------------ evaluation
 
@@ -418,7 +418,8 @@ class RetinaNet:
         path = Path(name_or_path)
         named = not (path.suffix in (".pth", ".emd", ".dlpk") or path.is_dir())  # a name under models/
         weights = weights_file(path, self._models_folder() if named else None)
-        self.model.load_state_dict(load_state_dict(weights), strict=True)
+        state = load_fitting_state_dict(weights, self.model.state_dict(), f"this model is {self._config.network_summary}")
+        self.model.load_state_dict(state, strict=True)
         self._learned_weights = True
 
     @classmethod
@@ -432,7 +433,11 @@ class RetinaNet:
                 ``average_precision_score`` raise a clear error.
         """
         definition = read_emd(resolve_model(Path(emd_path))[0])
-        model = cls.from_config(definition.config, weights=load_state_dict(definition.model_file))
+        try:
+            model = cls.from_config(definition.config, weights=load_state_dict(definition.model_file))
+        except ValueError as error:  # check_weights_fit's one line, with both files named
+            raise ModelDefinitionError(f"{definition.model_file}: {error}; {definition.path} describes "
+                                       f"{definition.config.network_summary}. Give the .pth saved with this EMD.") from None
         if data is not None:
             model._attach_data(data)
         return model

@@ -54,6 +54,7 @@ __all__ = [
     "range_test",
     "training_boxes",
     "calibrate_threshold",
+    "recorded_losses",
 ]
 
 logger = logging.getLogger(__name__)
@@ -214,3 +215,17 @@ def calibrate_threshold(model: torch.nn.Module, valid, anchors, chip_size: int,
     logger.info("detection threshold %.2f: best F1 %.2f (precision %.2f, recall %.2f) on the validation chips",
                 cut, f1, precision, recall)
     return cut
+
+
+def recorded_losses(recorder) -> tuple[list[int], list[float], list[int], list[float]]:
+    """The last fit's losses from fastai's ``Recorder``: ``(batch numbers, training loss, batch
+    numbers at the epochs' ends, validation loss)``, what :func:`geolearn.viz.plot_losses` draws.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> recorded_losses(SimpleNamespace(losses=[3.0, 2.0, 1.5], values=[[2.1, 1.8]], iters=[3]))
+        ([0, 1, 2], [3.0, 2.0, 1.5], [3], [1.8])
+    """
+    train = [float(v) for v in getattr(recorder, "losses", [])]
+    valid = [float(row[1]) for row in getattr(recorder, "values", []) if len(row) > 1 and row[1] is not None]
+    return list(range(len(train))), train, list(getattr(recorder, "iters", []))[: len(valid)], valid

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from geolearn.models.backbones import build_encoder
 
-__all__ = ["RetinaNetModel", "LateralMerge", "build_retinanet", "param_groups"]
+__all__ = ["RetinaNetModel", "LateralMerge", "build_retinanet", "check_weights_fit", "param_groups"]
 
 # Final classifier bias: sigmoid(-4) ≈ 0.018, so that at the start the ~10⁴ background anchors
 # do not swamp the focal loss (the paper's prior π = 0.01 gives -4.6; arcgis.learn uses -4).
@@ -277,7 +277,8 @@ def build_retinanet(
         n_anchors: anchors per cell (``len(scales) * len(ratios)``). Default 9.
         chs: FPN and head width. Default 256.
         weights: a state_dict to take as the parameters (cast to their dtypes), in place of
-            random or ImageNet ones; its names and shapes must fit exactly. Default None.
+            random or ImageNet ones; its names and shapes must fit exactly
+            (:func:`check_weights_fit`). Default None.
 
     Returns:
         The network, in training mode.
@@ -300,9 +301,41 @@ def build_retinanet(
         encoder, channels = build_encoder(backbone, pretrained=False, n_bands=n_bands, band_names=band_names)
         network = RetinaNetModel(encoder, channels, n_classes, n_anchors=n_anchors, chs=chs)
     expected = network.state_dict()  # meta tensors: names, shapes and dtypes, no memory
+    check_weights_fit(expected, weights)
     network.load_state_dict({name: value.to(expected[name].dtype) if name in expected else value
                              for name, value in weights.items()}, strict=True, assign=True)
     return network
+
+
+def check_weights_fit(expected: Mapping[str, Tensor], weights: Mapping[str, Tensor]) -> None:
+    """Refuses weights whose names or shapes differ from the network's, saying how, in one line.
+
+    torch's own error lists every key; this names how many differ and one of each kind.
+
+    Raises:
+        ValueError: names missing from ``weights``, names the network lacks, or other shapes.
+
+    Examples:
+        >>> network = {"head.weight": torch.zeros(18, 256), "head.bias": torch.zeros(18)}
+        >>> check_weights_fit(network, {"head.weight": torch.zeros(9, 256)})
+        Traceback (most recent call last):
+        ...
+        ValueError: the weights do not fit the network: 1 missing (e.g. 'head.bias'); 1 of another shape (e.g. 'head.weight': [9, 256] in the weights, [18, 256] in the network)
+    """
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    reshaped = [name for name in expected if name in weights and tuple(weights[name].shape) != tuple(expected[name].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} the network does not have (e.g. {unexpected[0]!r})")
+    if reshaped:
+        name = reshaped[0]
+        problems.append(f"{len(reshaped)} of another shape (e.g. {name!r}: {list(weights[name].shape)} in the weights, "
+                        f"{list(expected[name].shape)} in the network)")
+    if problems:
+        raise ValueError("the weights do not fit the network: " + "; ".join(problems))
 
 
 def param_groups(model: RetinaNetModel) -> list[list[nn.Parameter]]:
