@@ -60,12 +60,14 @@ def _export_traces(root: Path) -> list[str]:
 
 def _remove_previous_export(root: Path) -> None:
     """Deletes what an earlier export wrote (its map.txt's files, the metadata files), nothing else."""
-    written: list[Path] = []
+    # The EMD, the record that the export finished, goes first and map.txt, the list of what to
+    # remove, last: a removal killed half-way leaves a folder prepare_data refuses as unfinished.
+    written: list[Path] = [root / EMD_FILE]
     if (root / MAP_FILE).is_file():
         # read_map_txt keeps bare file names: a listed path can never leave images/ or labels/.
         for image, label in read_map_txt(root):
             written += [root / "images" / image, root / "labels" / label]
-    written += [root / name for name in _METADATA_FILES]
+    written += [root / name for name in _METADATA_FILES if name not in (EMD_FILE, MAP_FILE)] + [root / MAP_FILE]
     removed = 0
     for path in written:
         if path.is_file():
