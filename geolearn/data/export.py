@@ -46,7 +46,6 @@ from geolearn.data.esri import (
     ClassInfo,
     append_map_txt,
     write_json,
-    write_map_txt,
 )
 from geolearn.data.export_folder import SUMMARY_FILE, check_output, prepare_output
 from geolearn.data.export_labels import Samples, read_samples, read_vector, to_raster_crs
@@ -242,12 +241,9 @@ def export_training_data(
         prepare_output(root)
         tally = _Tally.start(samples.classes, src.count)
         pairs: list[tuple[str, str]] = []
-        try:
-            _export_chips(src, samples, masks, options, root, tally, pairs, progress)
-        finally:
-            # Even when interrupted: map.txt records what this export wrote, which is
-            # exactly what a later overwrite=True may delete.
-            write_map_txt(root, pairs)
+        # map.txt grows chip by chip (append_map_txt), so that even a killed export leaves the
+        # list of what it wrote, which a later overwrite=True may delete.
+        _export_chips(src, samples, masks, options, root, tally, pairs, progress)
         if not pairs:
             raise NoChipsError(
                 f"No chip was exported from {raster_path}: {tally.describe_skips()}. Lower "
