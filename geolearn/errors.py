@@ -34,6 +34,7 @@ __all__ = [
     "InputNotFoundError",
     "InvalidArgumentError",
     "TrainingDivergedError",
+    "OutputNotWritableError",
 ]
 
 
@@ -93,3 +94,7 @@ class TrainingDivergedError(GeolearnError, FloatingPointError):
 class InvalidArgumentError(GeolearnError, ValueError):
     """An argument geolearn cannot use: an unknown ``model_arguments`` key, a value of the wrong
     type, output field names that clash."""
+
+
+class OutputNotWritableError(GeolearnError, PermissionError):
+    """A folder geolearn was asked to write into refuses writes (permissions, a read-only disk)."""

@@ -135,6 +135,11 @@ def test_bad_export_and_train_input_exits_with_code_2(tmp_path, capsys):
     scene = make_scene(tmp_path / "scene", size=128, seed=3, name="scene")
     assert main(["export", str(scene.raster), str(tmp_path / "nothing.gpkg"), str(tmp_path / "chips"), "-q"]) == 2
     assert "geolearn export: error: LABELS " in capsys.readouterr().err
+    (tmp_path / "notes.gpkg").write_text("not a GeoPackage")
+    assert main(["export", str(scene.raster), str(tmp_path / "notes.gpkg"), str(tmp_path / "chips"), "-q"]) == 2
+    message = capsys.readouterr().err
+    assert "notes.gpkg: not a vector dataset GDAL can read" in message and "Traceback" not in message
+    assert message.count("\n") == 1  # one line
     assert main(["export", str(scene.raster), str(scene.labels), str(tmp_path / "chips"), "--chip-size", "64",
                  "--classvalue-field", "Nope", "-q"]) == 2
     assert "Nope" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from geolearn.errors import (
     NoChipsError,
     NoOverlapError,
     OutputExistsError,
+    OutputNotWritableError,
     TrainingDivergedError,
 )
 
@@ -38,6 +39,7 @@ BUILTIN_OF = {
     InputNotFoundError: FileNotFoundError,
     InvalidArgumentError: ValueError,
     TrainingDivergedError: FloatingPointError,
+    OutputNotWritableError: PermissionError,
 }
 
 
@@ -53,7 +55,7 @@ def test_error_subclasses_its_builtin_and_geolearn_error(error_class: type) -> N
 
 def test_file_errors_are_os_errors() -> None:
     # FileNotFoundError and FileExistsError are OSErrors: callers catching OSError see them too
-    for error_class in (DataFolderError, OutputExistsError, ImageReadError):
+    for error_class in (DataFolderError, OutputExistsError, ImageReadError, OutputNotWritableError):
         assert issubclass(error_class, OSError)
 
 

@@ -98,6 +98,16 @@ def test_read_voc_malformed_xml_names_the_file(tmp_path: Path) -> None:
         read_voc(path)
 
 
+def test_read_voc_refuses_cvat_xml_instead_of_reading_an_empty_chip(tmp_path: Path) -> None:
+    path = tmp_path / "000000001.xml"
+    path.write_text(  # CVAT for images 1.1: boxes in <image><box>, no <object>
+        '<annotations><version>1.1</version><image id="0" name="000000001.png" width="64" height="64">'
+        '<box label="tree" xtl="1" ytl="2" xbr="10" ybr="12" occluded="0"/></image></annotations>'
+    )
+    with pytest.raises(LabelFormatError, match=r"000000001\.xml: the root element is <annotations>, not PASCAL VOC's <annotation>"):
+        read_voc(path)
+
+
 def test_read_voc_missing_bndbox_names_the_file_and_object(tmp_path: Path) -> None:
     path = tmp_path / "nobox.xml"
     path.write_text(_voc_xml("<object><name>car</name></object>"))
@@ -293,6 +303,18 @@ def test_read_yolo_class_names_from_dataset_yaml_and_none(tmp_path: Path) -> Non
     assert read_yolo_class_names(tmp_path) == {"0": "plane"}
 
 
+@pytest.mark.parametrize("text, found", [
+    ("names: [pool, tree\n", "not valid YAML"),                  # unclosed flow sequence
+    ("names:\n  - pool\n - tree\n", "not valid YAML"),          # bad indentation
+    ("- pool\n- tree\n", "expected a mapping with 'names'.*found list"),
+    ("names: pool\n", "expected a mapping with 'names'.*found str"),
+])
+def test_read_yolo_class_names_from_a_malformed_data_yaml_names_the_file(tmp_path: Path, text: str, found: str) -> None:
+    (tmp_path / "data.yaml").write_text(text)
+    with pytest.raises(LabelFormatError, match=rf"data\.yaml: {found}.*classes\.txt"):
+        read_yolo_class_names(tmp_path)
+
+
 def test_read_yolo_class_names_classes_txt_wins_over_yaml(tmp_path: Path) -> None:
     (tmp_path / "classes.txt").write_text("from_txt\n")
     (tmp_path / "data.yaml").write_text("names: [from_yaml]\n")
@@ -360,6 +382,22 @@ def test_read_coco_invalid_json_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "labels.json"
     path.write_text("{not json")
     with pytest.raises(LabelFormatError, match=r"labels\.json: not a COCO detection file \(JSONDecodeError"):
+        read_coco(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "utf-32"])
+def test_read_coco_in_utf16_utf32_or_with_a_bom_reads_as_utf8(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(_COCO), encoding=encoding)  # Windows tools write UTF-16 with a BOM
+    labels, categories = read_coco(path)
+    assert categories == {"3": "car", "5": "truck"}
+    assert _boxes(labels["a.png"]) == [[10.0, 20.0, 15.0, 28.0], [0.5, 1.25, 3.0, 5.0]]
+
+
+def test_read_coco_in_an_unknown_encoding_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "labels.json"
+    path.write_bytes(json.dumps({"images": [{"id": 1, "file_name": "é.png"}]}, ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(LabelFormatError, match=r"labels\.json: not text in UTF-8, UTF-16 or UTF-32 .*save it as UTF-8"):
         read_coco(path)
 
 

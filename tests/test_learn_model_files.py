@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 import geolearn.learn.package as package
 from geolearn.data.esri import ClassInfo
 from geolearn.data.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalization
-from geolearn.errors import ModelDefinitionError, OutputExistsError
+from geolearn.errors import ModelDefinitionError, OutputExistsError, OutputNotWritableError
 from geolearn.learn.config import ModelConfig
 from geolearn.learn.emd import PRO_INFERENCE_FUNCTION, build_emd, read_emd
 from geolearn.learn.package import load_state_dict, resolve_model, save_package
@@ -548,6 +548,26 @@ def test_dlpk_that_is_not_a_zip(tmp_path: Path) -> None:
     (tmp_path / "broken.dlpk").write_bytes(b"not a zip")
     with pytest.raises(ModelDefinitionError, match=r"broken\.dlpk: not a \.dlpk \(zip\) archive"):
         resolve_model(tmp_path / "broken.dlpk")
+
+
+def test_save_into_a_folder_that_refuses_writes_names_it_and_the_fix(tmp_path: Path, monkeypatch) -> None:
+    def refuse(path, mode=0o777):  # as a read-only disk or another user's folder does (root ignores chmod)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    with pytest.raises(OutputNotWritableError, match=r"shared/pools: cannot save here: Permission denied .*a folder you can write"):
+        save_package(tmp_path / "shared" / "pools", "pools", state_dict={"w": torch.zeros(2)}, emd=rgb_emd())
+
+
+def test_dlpk_with_a_damaged_entry_names_the_archive_and_the_entry(tmp_path: Path) -> None:
+    dlpk = make_zip(tmp_path / "pools.dlpk", [("pools.emd", json.dumps(rgb_emd()).encode()), ("pools.pth", b"w" * 4096)])
+    whole = bytearray(dlpk.read_bytes())
+    at = whole.index(b"w" * 64)  # inside the stored weights: the CRC no longer matches
+    whole[at:at + 8] = b"garbled!"
+    dlpk.write_bytes(bytes(whole))
+    with pytest.raises(ModelDefinitionError, match=r"pools\.dlpk: its entry pools\.pth is damaged .*Copy the \.dlpk again"):
+        resolve_model(dlpk)
+    assert not list(package._cache_dir().glob(f"*{package._sha256(dlpk)[:16]}*"))  # no half-extracted copy
 
 
 def test_folder_with_several_or_no_emd_is_refused(tmp_path: Path) -> None:

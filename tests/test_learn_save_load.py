@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 
 from geolearn import prepare_data
-from geolearn.errors import ModelDefinitionError
+from geolearn.errors import ImageReadError, ModelDefinitionError
 from geolearn.learn.retinanet import RetinaNet
 
 from conftest import chip_pixels, write_image
@@ -77,6 +77,14 @@ def test_predict_reads_files_and_returns_xywh_boxes_and_names(model, tmp_path):
     assert model.predict(path, threshold=0.2, return_scores=False) == (boxes, labels)
     model.predict(path, threshold=0.2, visualize=True)
     assert isinstance(model.predict_figure, Figure)
+
+
+def test_predict_refuses_a_truncated_png_instead_of_reading_zeros(model, tmp_path):
+    path = write_image(tmp_path / "scene.png", chip_pixels([[40, 50, 70, 60]], size=200))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(ImageReadError, match=r"scene\.png: the PNG is truncated"):
+        model.predict(path)
 
 
 def test_predict_refuses_the_wrong_band_count(model):

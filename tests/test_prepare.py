@@ -123,6 +123,29 @@ def test_coco_folder(tmp_path):
     assert targets["z"] == ([], [])
 
 
+def test_coco_images_without_a_file_are_left_out_with_a_counted_warning(tmp_path):
+    root = tmp_path / "coco"
+    (root / "images").mkdir(parents=True)
+    write_image(root / "images" / "x.png", chip_pixels([]))
+    coco = {
+        "images": [{"id": 1, "file_name": "x.png"}, {"id": 2, "file_name": "gone1.png"}, {"id": 3, "file_name": "gone2.png"}],
+        "annotations": [{"id": 1, "image_id": 2, "category_id": 5, "bbox": [10, 20, 5, 8]}],
+        "categories": [{"id": 5, "name": "pool"}],
+    }
+    (root / "labels.json").write_text(json.dumps(coco))
+    with pytest.warns(GeolearnWarning, match=r"labels\.json: 2 images it lists have no file in images/ \(e\.g\. gone1\.png\)"):
+        data = prepare_data(root, val_split_pct=0.0)
+    assert len(data.train_ds) == 1
+
+
+def test_a_truncated_png_chip_is_refused_not_read_with_zeros(voc_folder):
+    chip = voc_folder / "images" / "000000002.png"
+    whole = chip.read_bytes()
+    chip.write_bytes(whole[: len(whole) // 2])  # GDAL itself reads the missing rows as zeros, silently
+    with pytest.raises(ImageReadError, match=r"000000002\.png: the PNG is truncated"):
+        prepare_data(voc_folder)
+
+
 def test_yolo_folder_with_classes_txt(tmp_path):
     root = tmp_path / "yolo"
     (root / "images").mkdir(parents=True)

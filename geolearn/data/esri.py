@@ -94,7 +94,7 @@ def default_color(value: int) -> tuple[int, int, int]:
 def read_json(path: str | Path) -> dict[str, Any]:
     """Reads a JSON metadata file, naming the file when it is not valid JSON.
 
-    A UTF-8 byte-order mark, as some Windows tools write, is accepted.
+    UTF-8, UTF-16 and UTF-32, with or without the byte-order mark some Windows tools write, are read.
 
     Args:
         path: the JSON file.
@@ -121,7 +121,7 @@ def read_json(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        content = json.loads(path.read_text(encoding="utf-8-sig"))
+        content = json.loads(path.read_bytes())  # json detects UTF-8/16/32, byte-order mark or not
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LabelFormatError(
             f"{path}: not valid JSON ({err}). Restore the file from the export, or re-export."

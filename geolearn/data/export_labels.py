@@ -19,6 +19,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyogrio.errors
 import pyproj
 import shapely
 from rasterio.crs import CRS
@@ -44,7 +45,13 @@ def read_vector(data: Any, what: str) -> gpd.GeoDataFrame:
         path = Path(data)
         if not path.exists():
             raise FileNotFoundError(f"{what} {path} does not exist; pass a vector file or a GeoDataFrame.")
-        return gpd.read_file(path, engine="pyogrio")
+        try:
+            return gpd.read_file(path, engine="pyogrio")
+        except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as err:
+            raise LabelFormatError(
+                f"{what} {path}: not a vector dataset GDAL can read ({str(err).split(';')[0]}). Pass a GeoPackage, "
+                "shapefile, GeoJSON or another vector file of polygons or points, or a GeoDataFrame."
+            ) from None
     raise TypeError(
         f"{what} must be a path to a vector file (GeoPackage, shapefile, GeoJSON, ...) or a "
         f"GeoDataFrame, not {type(data).__name__}."

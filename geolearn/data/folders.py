@@ -162,6 +162,18 @@ def _list_images(root: Path) -> list[Path]:
     return images
 
 
+def _warn_unlisted_files(coco_path: Path, absent: set[str]) -> None:
+    """One counted warning for the images ``labels.json`` lists whose files are not in ``images/``."""
+    if absent:
+        warnings.warn(
+            f"{coco_path}: {len(absent)} images it lists have no file in images/ (e.g. {min(absent)}) and "
+            "were left out, with their boxes. Copy the missing files into images/, or remove their "
+            "entries from labels.json.",
+            GeolearnWarning,
+            stacklevel=4,
+        )
+
+
 def _read_labels(
     root: Path, dataset_type: str, images: list[Path], infos: list[ImageInfo]
 ) -> tuple[list[Path], list[ImageInfo], list[ChipLabels], dict[str, str] | None]:
@@ -177,6 +189,7 @@ def _read_labels(
             raise DataFolderError(f"{root}: COCO_rectangles needs {COCO_FILE} next to images/.")
         per_image, token_names = read_coco(coco_path)
         found = [per_image.get(image.name) for image in images]
+        _warn_unlisted_files(coco_path, set(per_image) - {image.name for image in images})
     else:
         label_dir = root / "labels"
         if not label_dir.is_dir():

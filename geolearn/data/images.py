@@ -7,6 +7,7 @@ no georeferencing, which is expected here, so GDAL's warning about it is silence
 
 from __future__ import annotations
 
+import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ def open_image(path: Path, fix: str = _CHIP_FIX) -> Iterator[rasterio.DatasetRea
         The open rasterio dataset; it is closed when the ``with`` block ends.
 
     Raises:
-        ImageReadError: the file cannot be opened as an image.
+        ImageReadError: the file cannot be opened as an image, or is a truncated PNG.
 
     Examples:
         >>> import numpy as np, tempfile
@@ -82,7 +83,25 @@ def open_image(path: Path, fix: str = _CHIP_FIX) -> Iterator[rasterio.DatasetRea
             f"{path}: cannot be read as an image ({err}). {fix}"
         ) from None
     with src:
+        if src.driver == "PNG":
+            _check_png_complete(path, fix)
         yield src
+
+
+# Every PNG ends with this IEND chunk (length 0, type, CRC). GDAL reads a PNG cut short without
+# a word, the missing rows as zeros, so a truncated chip is caught here; TIFF and JPEG readers fail.
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _check_png_complete(path: Path, fix: str) -> None:
+    with open(path, "rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        file.seek(max(0, size - 1024))
+        if _PNG_END not in file.read():
+            raise ImageReadError(
+                f"{path}: the PNG is truncated (it stops after {size} bytes, without its end "
+                f"chunk), so part of its pixels is missing. {fix}"
+            )
 
 
 def read_image_info(path: Path) -> ImageInfo:
@@ -123,7 +142,7 @@ def read_chip(path: Path, bands: Sequence[int] | None = None) -> torch.Tensor:
         ``Tensor[C, H, W]`` raw pixel values, C = ``len(bands)`` or the file's band count.
 
     Raises:
-        ImageReadError: the file cannot be opened, or a band index is out of range.
+        ImageReadError: the file cannot be opened, is damaged or truncated, or a band index is out of range.
 
     Examples:
         >>> import numpy as np, tempfile
@@ -138,8 +157,13 @@ def read_chip(path: Path, bands: Sequence[int] | None = None) -> torch.Tensor:
     with open_image(path) as src:
         try:
             pixels = src.read([b + 1 for b in bands] if bands is not None else None)
-        except (RasterioIOError, IndexError) as err:
+        except IndexError as err:
             raise ImageReadError(f"{path}: cannot read bands {bands} ({err}).") from None
+        except RasterioIOError as err:
+            raise ImageReadError(
+                f"{path}: its pixels cannot be read; the file is damaged or truncated ({err}). "
+                "Replace or delete the chip and its label file."
+            ) from None
     if pixels.dtype.kind == "u" and pixels.dtype.itemsize > 1:
         pixels = pixels.astype("int32" if pixels.dtype.itemsize == 2 else "int64")  # torch lacks uint16/32 ops
     return torch.from_numpy(pixels)

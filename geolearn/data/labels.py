@@ -134,7 +134,8 @@ def read_voc(path: str | Path) -> ChipLabels:
         The chip's labels.
 
     Raises:
-        LabelFormatError: malformed XML, an object without name or box, a
+        LabelFormatError: malformed XML, a root element other than ``<annotation>`` (another
+            XML dialect, such as CVAT's), an object without name or box, a
             non-numeric or non-finite coordinate, or a box with ``xmin >= xmax`` /
             ``ymin >= ymax``.
 
@@ -160,6 +161,12 @@ def read_voc(path: str | Path) -> ChipLabels:
             f"{path}: not valid PASCAL VOC XML ({err}). Fix the file, delete it together "
             "with its chip, or re-export the chips."
         ) from None
+    if root.tag != "annotation":  # CVAT's <annotations>, COCO-as-XML, ...: their objects would read as none
+        raise LabelFormatError(
+            f"{path}: the root element is <{root.tag}>, not PASCAL VOC's <annotation>, so its objects "
+            "cannot be read. Convert the labels to PASCAL VOC (one <annotation> file per chip; CVAT "
+            "exports it as 'PASCAL VOC'), or re-export the chips."
+        )
     boxes, classes = [], []
     for index, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
@@ -303,6 +310,10 @@ def read_yolo_class_names(root: str | Path) -> dict[str, str] | None:
     Returns:
         ``{index token: name}``, or None when the folder names no classes.
 
+    Raises:
+        LabelFormatError: a YAML file that does not parse, or whose ``names`` is neither a list
+            nor a mapping.
+
     Examples:
         >>> import tempfile
         >>> from pathlib import Path
@@ -321,11 +332,24 @@ def read_yolo_class_names(root: str | Path) -> dict[str, str] | None:
         if yaml_path.exists():
             import yaml  # fastai depends on PyYAML
 
-            names = (yaml.safe_load(yaml_path.read_text()) or {}).get("names")
+            try:
+                content = yaml.safe_load(yaml_path.read_text()) or {}
+            except (yaml.YAMLError, UnicodeDecodeError) as err:
+                raise LabelFormatError(
+                    f"{yaml_path}: not valid YAML ({' '.join(str(err).split())}). Fix the file "
+                    "(it needs 'names: [name, ...]'), or delete it and list the class names in classes.txt."
+                ) from None
+            names = content.get("names") if isinstance(content, dict) else None
             if isinstance(names, dict):
                 return {str(k): str(v) for k, v in names.items()}
             if isinstance(names, list):
                 return {str(i): str(v) for i, v in enumerate(names)}
+            if not isinstance(content, dict) or names is not None:
+                raise LabelFormatError(
+                    f"{yaml_path}: expected a mapping with 'names' as a list or an {{index: name}} mapping, "
+                    f"found {type(names if isinstance(content, dict) else content).__name__}. Fix the file, "
+                    "or delete it and list the class names in classes.txt."
+                )
     return None
 
 
@@ -340,7 +364,7 @@ def read_coco(path: str | Path) -> tuple[dict[str, ChipLabels], dict[str, str]]:
         without annotations are background chips. Class tokens are category ids.
 
     Raises:
-        LabelFormatError: invalid JSON, missing keys, or a bad ``bbox`` (COCO's
+        LabelFormatError: invalid JSON (UTF-8, -16 and -32 are read), missing keys, or a bad ``bbox`` (COCO's
             ``[x, y, width, height]`` in pixels, converted here to xyxy).
 
     Examples:
@@ -358,10 +382,16 @@ def read_coco(path: str | Path) -> tuple[dict[str, ChipLabels], dict[str, str]]:
     """
     path = Path(path)
     try:
-        coco = json.loads(path.read_text())
+        # Bytes, not text: json detects UTF-8, -16 and -32 (with or without a byte-order mark) itself.
+        coco = json.loads(path.read_bytes())
         images = {img["id"]: img["file_name"] for img in coco["images"]}
         categories = {str(cat["id"]): str(cat["name"]) for cat in coco["categories"]}
         annotations = coco.get("annotations", [])
+    except UnicodeDecodeError as err:
+        raise LabelFormatError(
+            f"{path}: not text in UTF-8, UTF-16 or UTF-32 ({err.reason} at byte {err.start}); "
+            "save it as UTF-8 JSON."
+        ) from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise LabelFormatError(
             f"{path}: not a COCO detection file ({type(err).__name__}: {err}); it needs "

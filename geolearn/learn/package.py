@@ -43,6 +43,7 @@ Decisions, each one deliberate:
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import html
 import json
@@ -55,13 +56,14 @@ import stat
 import time
 import uuid
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from geolearn.errors import ModelDefinitionError, OutputExistsError
+from geolearn.errors import ModelDefinitionError, OutputExistsError, OutputNotWritableError
 from geolearn.learn.emd import ARCGIS_INFERENCE_FUNCTION, INFERENCE_FUNCTION, MODEL_NAME, read_emd
 from geolearn.models import raster_function
 from geolearn.models.retinanet import check_weights_fit
@@ -160,8 +162,14 @@ def _extract_dlpk(dlpk: Path, cache: Path) -> Path:
                     destination.mkdir(parents=True, exist_ok=True)
                     continue
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as source, destination.open("wb") as sink:
-                    shutil.copyfileobj(source, sink, 1 << 20)
+                try:
+                    with archive.open(info) as source, destination.open("wb") as sink:
+                        shutil.copyfileobj(source, sink, 1 << 20)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # a bad CRC, a cut or garbled entry
+                    raise ModelDefinitionError(
+                        f"{dlpk}: its entry {info.filename} is damaged ({err}); the archive was cut short "
+                        "or corrupted in transfer. Copy the .dlpk again, or save the model again."
+                    ) from None
             try:
                 os.rename(staging, target)
             except OSError:
@@ -620,6 +628,8 @@ def save_package(
     Raises:
         OutputExistsError: ``folder`` exists and ``overwrite`` is False, or it holds files that
             are not part of a model package.
+        OutputNotWritableError: the folder (or its parent) cannot be written: permissions, a
+            read-only disk.
         ValueError: a bad name, state_dict, figure key or ``extra_files`` path, an
             ``optimizer_state`` that ``torch.load(weights_only=True)`` would refuse, or an
             ``emd`` holding NaN or infinity (not JSON).
@@ -653,9 +663,17 @@ def save_package(
     _tidy_interrupted_saves(folder)
     if folder.exists() or folder.is_symlink():
         _check_replaceable(folder, name, overwrite, extra_top)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.saving-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()  # honours the umask, unlike tempfile.mkdtemp (0700)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()  # honours the umask, unlike tempfile.mkdtemp (0700)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise OutputNotWritableError(
+            f"{folder}: cannot save here: {err.strerror} ({err.filename}). Save into a folder you can "
+            "write, e.g. model.save('/path/you/own/trees')."
+        ) from None
     try:
         _write_package(staging, name, state_dict, emd, optimizer_state, figures, metrics, extra_files)
         _swap_in(staging, folder)
