@@ -46,3 +46,31 @@ def test_average_precision_metric_scores_a_perfect_detection_one():
     metric.accumulate(learn)
     assert metric.name == "average_precision"
     assert metric.value == 1.0
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    import pytest
+    import geolearn.learn.callbacks as callbacks
+    from geolearn.learn.callbacks import AtomicCheckpoint
+
+    model = torch.nn.Linear(3, 2)
+    checkpoint = AtomicCheckpoint(fname="best")
+    checkpoint.learn = SimpleNamespace(path=tmp_path, model_dir="models", model=model, opt=None)
+    checkpoint._save("best")
+    file = tmp_path / "models" / "best.pth"
+    first = file.read_bytes()
+    assert torch.equal(torch.load(file)["weight"], model.weight)
+
+    real_save = torch.save
+
+    def killed_half_way(obj, path, **kwargs):
+        real_save(obj, path, **kwargs)
+        with open(path, "r+b") as half:
+            half.truncate(len(first) // 2)
+        raise KeyboardInterrupt  # as a kill while writing
+
+    monkeypatch.setattr(torch, "save", killed_half_way)
+    torch.nn.init.zeros_(model.weight)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint._save("best")
+    assert file.read_bytes() == first and sorted(p.name for p in file.parent.iterdir()) == ["best.pth"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from geolearn import prepare_data
 from geolearn.data.esri import default_color, read_map_txt
 from geolearn.data.export import export_training_data
 from geolearn.data.labels import read_kitti, read_voc
@@ -543,9 +545,11 @@ def test_labels_from_a_geopackage(tmp_path, utm_raster, pool_and_tree):
     assert json.loads((root / "esri_model_definition.emd").read_text())["Classes"][1]["Name"] == "tree"
 
 
-def test_an_interrupted_export_can_be_overwritten(tmp_path, utm_raster, pool_and_tree, monkeypatch):
+def test_an_export_that_fails_leaves_the_earlier_one_whole(tmp_path, utm_raster, pool_and_tree, monkeypatch):
     import geolearn.data.export as export_module
 
+    root = export(tmp_path, utm_raster, pool_and_tree, output_nofeature_tiles=True)  # 4 chips
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     real_write_chip = export_module._write_chip
     written = []
 
@@ -557,14 +561,48 @@ def test_an_interrupted_export_can_be_overwritten(tmp_path, utm_raster, pool_and
 
     monkeypatch.setattr(export_module, "_write_chip", write_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        export(tmp_path, utm_raster, pool_and_tree)
+        export(tmp_path, utm_raster, pool_and_tree, overwrite=True)
     monkeypatch.undo()
-    root = tmp_path / "out"
-    assert (root / "images" / "000000000.tif").exists()
-    assert not (root / "esri_model_definition.emd").exists()
+    assert {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert len(read_map_txt(root)) == 4
 
-    export(tmp_path, utm_raster, pool_and_tree, overwrite=True)  # map.txt recorded the partial export
+    export(tmp_path, utm_raster, pool_and_tree, overwrite=True)
     assert len(read_map_txt(root)) == 2
+
+
+def test_a_swap_interrupted_at_any_rename_is_finished_by_prepare_data(tmp_path, utm_raster, pool_and_tree, monkeypatch):
+    import geolearn.data.export_folder as export_folder
+
+    real_replace = os.replace
+    moves = []
+
+    def counting(src, dst):
+        if ".exporting-" in str(src) and ".exporting-" not in str(dst):  # out of staging, into place
+            moves.append(Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(export_folder.os, "replace", counting)
+    export(tmp_path / "count", utm_raster, pool_and_tree)  # 2 chips: 2 images, 2 labels, 4 metadata files
+    assert len(moves) == 8 and moves[-1] == "esri_model_definition.emd"
+    for stop in range(len(moves)):
+        root = export(tmp_path / f"stop{stop}", utm_raster, pool_and_tree, output_nofeature_tiles=True)  # 4 chips
+        done = []
+
+        def fail_at_stop(src, dst):
+            if ".exporting-" in str(src) and ".exporting-" not in str(dst) and len(done) == stop:
+                raise KeyboardInterrupt  # as a kill between two renames
+            if ".exporting-" not in str(dst):
+                done.append(dst)
+            real_replace(src, dst)
+
+        monkeypatch.setattr(export_folder.os, "replace", fail_at_stop)
+        with pytest.raises(KeyboardInterrupt):
+            export(tmp_path / f"stop{stop}", utm_raster, pool_and_tree, overwrite=True)
+        monkeypatch.setattr(export_folder.os, "replace", real_replace)
+        data = prepare_data(root, chip_size=32, val_split_pct=0.0)
+        assert len(data.train_ds) == len(read_map_txt(root)) == 2, stop
+        assert not list(root.glob(".exporting-*"))
+        assert sorted(p.name for p in (root / "images").iterdir()) == ["000000000.tif", "000000001.tif"]
 
 
 @pytest.mark.parametrize(("dtype", "nodata"), [("uint16", 0), ("float32", -9999.0)])

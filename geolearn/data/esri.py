@@ -28,7 +28,6 @@ __all__ = [
     "parse_classes",
     "esri_dataset_type",
     "write_map_txt",
-    "append_map_txt",
     "read_map_txt",
     "default_color",
 ]
@@ -263,25 +262,6 @@ def write_map_txt(root: str | Path, pairs: Iterable[tuple[str, str]]) -> None:
         'images\\\\000000000.tif labels\\\\000000000.xml\\n'
     """
     (Path(root) / MAP_FILE).write_text("".join(_map_line(image, label) for image, label in pairs))
-
-
-def append_map_txt(root: str | Path, image: str, label: str) -> None:
-    """Adds one chip's line to ``map.txt`` (created when missing), on disk when this returns.
-
-    The export records each chip before writing it, so that an export killed half-way leaves
-    a ``map.txt`` listing every file it may have written, which the next export with
-    ``overwrite=True`` removes.
-
-    Examples:
-        >>> import tempfile
-        >>> from pathlib import Path
-        >>> root = Path(tempfile.mkdtemp())
-        >>> append_map_txt(root, "000000000.tif", "000000000.xml")
-        >>> read_map_txt(root)
-        [('000000000.tif', '000000000.xml')]
-    """
-    with (Path(root) / MAP_FILE).open("a") as record:
-        record.write(_map_line(image, label))
 
 
 def _map_line(image: str, label: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,10 +45,10 @@ from geolearn.data.esri import (
     EMD_FILE,
     STATS_FILE,
     ClassInfo,
-    append_map_txt,
     write_json,
+    write_map_txt,
 )
-from geolearn.data.export_folder import SUMMARY_FILE, check_output, prepare_output
+from geolearn.data.export_folder import SUMMARY_FILE, check_output, start_export, swap_in_export
 from geolearn.data.export_labels import Samples, read_samples, read_vector, to_raster_crs
 from geolearn.data.georef import esri_spatial_reference, pixel_footprint, polygons_to_boxes
 from geolearn.data.labels import ChipLabels, write_kitti, write_voc
@@ -163,7 +164,9 @@ def export_training_data(
             ``'ONLY_TILES_WITH_FEATURES'``). Keyword only.
         overwrite: replace an earlier export in ``output_location``. Only the files
             that export wrote (those its ``map.txt`` lists, and the metadata files)
-            are deleted; nothing else. Default False. Keyword only.
+            are deleted, nothing else, and only once the new export is complete in a
+            hidden ``.exporting-*`` folder: an export that fails or is killed leaves the
+            earlier one whole. Default False. Keyword only.
         progress: show a progress bar over the chip windows. Default True. Keyword only.
 
     Returns:
@@ -238,19 +241,24 @@ def export_training_data(
             masks = to_raster_crs(read_vector(input_mask_polygons, "input_mask_polygons"),
                                   src.crs, "input_mask_polygons", raster_path)
         # Inputs are all checked before the output folder is touched: a bad call leaves no trace.
-        prepare_output(root)
-        tally = _Tally.start(samples.classes, src.count)
-        pairs: list[tuple[str, str]] = []
-        # map.txt grows chip by chip (append_map_txt), so that even a killed export leaves the
-        # list of what it wrote, which a later overwrite=True may delete.
-        _export_chips(src, samples, masks, options, root, tally, pairs, progress)
-        if not pairs:
-            raise NoChipsError(
-                f"No chip was exported from {raster_path}: {tally.describe_skips()}. Lower "
-                "min_polygon_overlap_ratio, check input_mask_polygons, or pass "
-                "output_nofeature_tiles=True to export background chips too."
-            )
-        _write_metadata(root, src, raster_path, samples.classes, options, tally)
+        # The export is staged whole beside the earlier one, which stays intact until the swap.
+        staging = start_export(root)
+        try:
+            tally = _Tally.start(samples.classes, src.count)
+            pairs: list[tuple[str, str]] = []
+            _export_chips(src, samples, masks, options, staging, tally, pairs, progress)
+            if not pairs:
+                raise NoChipsError(
+                    f"No chip was exported from {raster_path}: {tally.describe_skips()}. Lower "
+                    "min_polygon_overlap_ratio, check input_mask_polygons, or pass "
+                    "output_nofeature_tiles=True to export background chips too."
+                )
+            write_map_txt(staging, pairs)
+            _write_metadata(staging, src, raster_path, samples.classes, options, tally)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        swap_in_export(staging, root)
     logger.info("exported %d chips (%d objects) to %s", len(pairs), tally.n_features, root)
     return root
 
@@ -510,7 +518,6 @@ def _export_chips(src: DatasetReader, samples: Samples, masks: gpd.GeoDataFrame 
         stem = f"{len(pairs):09d}"
         image_name, label_name = stem + options.chip_suffix, stem + options.label_suffix
         pairs.append((image_name, label_name))
-        append_map_txt(root, image_name, label_name)  # before writing: a killed export is still recorded
         _write_chip(root / "images" / image_name, pixels, options.driver, src, chip_transform)
         labels = ChipLabels(torch.from_numpy(chip_boxes.astype(np.float32)),
                             tuple(str(v) for v in values.tolist()))
@@ -621,8 +628,9 @@ def _write_metadata(root: Path, src: DatasetReader, raster_path: Path, classes: 
         "BandStatsState": stats.to_esri(),
     })
     (root / SUMMARY_FILE).write_text(_summary(raster_path, classes, options, tally, band_names))
-    # The EMD comes last: its presence says that the export finished (read_folder refuses a
-    # folder with map.txt but no EMD, what an export killed half-way leaves).
+    # The EMD comes last: its presence in the staging folder says that the export finished
+    # (export_folder.finish_interrupted_exports), and read_folder refuses a folder with
+    # map.txt but no EMD (what other tools' exports killed half-way leave).
     write_json(root / EMD_FILE, {
         "MetaDataMode": options.metadata_mode,
         "ImageHeight": tile_y,

@@ -35,6 +35,7 @@ from geolearn.data.esri import (
     parse_classes,
     read_json,
 )
+from geolearn.data.export_folder import finish_interrupted_exports
 from geolearn.data.images import IMAGE_SUFFIXES, ImageInfo, read_image_info
 from geolearn.data.labels import (
     ChipLabels,
@@ -353,6 +354,12 @@ def read_folder(
     root = Path(root)
     if not root.is_dir():
         raise DataFolderError(f"{root}: no such folder. Pass the folder an export wrote (it holds images/).")
+    unfinished = finish_interrupted_exports(root)
+    if unfinished and not (root / "images").is_dir():
+        raise DataFolderError(
+            f"{root}: holds only an export that did not finish ({unfinished[0].name}: killed, or still "
+            "running in another process). Export again; the next export removes it."
+        )
     if (root / MAP_FILE).is_file() and not (root / EMD_FILE).is_file():
         raise DataFolderError(
             f"{root}: holds {MAP_FILE} but no {EMD_FILE}, which an export writes last: the export that "

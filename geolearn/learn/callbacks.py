@@ -22,15 +22,17 @@ import torch
 from fastai.callback.core import Callback, CancelFitException, CancelTrainException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
-from fastai.learner import Metric
+from fastai.callback.tracker import SaveModelCallback
+from fastai.learner import Metric, save_model
 from fastcore.basics import noop
 
+from geolearn.atomic import atomic_write
 from geolearn.errors import TrainingDivergedError
 from geolearn.learn.evaluation import DetectionSettings, batch_detections, batch_targets
 from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.progress import watched
 
-__all__ = ["Autocast", "precision_callbacks", "AveragePrecisionMetric", "TimeBudget", "TableProgress",
+__all__ = ["Autocast", "AtomicCheckpoint", "precision_callbacks", "AveragePrecisionMetric", "TimeBudget", "TableProgress",
            "StopOnNonFiniteLoss"]
 
 logger = logging.getLogger(__name__)
@@ -333,3 +335,26 @@ class StopOnNonFiniteLoss(Callback):
             f"at a learning rate of {rate:.2e}. Train with a lower one (fit(lr=...), a tenth of it, say), or "
             "check the chips for NaN pixels. The model keeps the weights of the batch before."
         )
+
+
+class AtomicCheckpoint(SaveModelCallback):
+    """fastai's ``SaveModelCallback``, with each checkpoint written whole or not at all.
+
+    fastai's ``Learner.save`` writes ``models/<name>.pth`` in place: a run killed while it writes
+    leaves a truncated checkpoint over the previous one. Here the file goes through
+    :func:`geolearn.atomic.atomic_write`, so the previous checkpoint stays until the new one is
+    complete. Arguments as ``SaveModelCallback``'s.
+
+    Examples:
+        ``RetinaNet.fit(checkpoint=True)`` adds it (``geolearn.learn.training.fit_callbacks``):
+
+        >>> AtomicCheckpoint(monitor="valid_loss", fname="checkpoint", every_epoch=False).every_epoch
+        False
+    """
+
+    def _save(self, name: str) -> None:
+        file = self.learn.path / self.learn.model_dir / f"{name}.pth"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(file) as partial:
+            save_model(partial, self.learn.model, getattr(self.learn, "opt", None), with_opt=self.with_opt)
+        self.last_saved_path = file

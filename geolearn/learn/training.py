@@ -25,7 +25,7 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import valley
-from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 
@@ -33,6 +33,7 @@ from geolearn.data.boxes import pixel_to_unit
 from geolearn.errors import GeolearnWarning
 from geolearn.inference.defaults import NMS_OVERLAP
 from geolearn.learn.callbacks import (
+    AtomicCheckpoint,
     AveragePrecisionMetric,
     StopOnNonFiniteLoss,
     TableProgress,
@@ -138,7 +139,7 @@ def fit_callbacks(
         callbacks.append(EarlyStoppingCallback(monitor=monitor, min_delta=0.001, patience=5))
     if checkpoint:
         name = f"checkpoint_{datetime.now():%Y-%m-%d_%H-%M-%S}"
-        callbacks.append(SaveModelCallback(monitor=monitor, fname=name, every_epoch=checkpoint == "all"))
+        callbacks.append(AtomicCheckpoint(monitor=monitor, fname=name, every_epoch=checkpoint == "all"))
     if tensorboard_dir is not None:
         callbacks += _tensorboard_callbacks(tensorboard_dir)
     if seconds_left is not None:
