@@ -401,6 +401,17 @@ def test_read_coco_in_an_unknown_encoding_names_the_file_and_the_fix(tmp_path: P
         read_coco(path)
 
 
+@pytest.mark.parametrize("change, found", [
+    ({"annotations": None}, "'annotations' must be a list of objects"),
+    ({"images": [{"id": 1, "file_name": ["a.png"]}]}, "a file_name must be text"),
+    ({"annotations": [{"image_id": 1, "category_id": 3, "bbox": "1234"}]}, "annotation 0 needs"),  # was read digit by digit
+])
+def test_read_coco_with_values_of_the_wrong_type_names_the_file(tmp_path: Path, change: dict, found: str) -> None:
+    path = _write_coco(tmp_path, {**_COCO, **change})
+    with pytest.raises(LabelFormatError, match=rf"labels\.json: .*{found}"):
+        read_coco(path)
+
+
 def test_read_coco_missing_key_names_the_key(tmp_path: Path) -> None:
     path = _write_coco(tmp_path, {"images": [], "annotations": []})
     with pytest.raises(LabelFormatError, match=r"labels\.json: not a COCO detection file \(KeyError: 'categories'"):

@@ -384,9 +384,9 @@ def read_coco(path: str | Path) -> tuple[dict[str, ChipLabels], dict[str, str]]:
     try:
         # Bytes, not text: json detects UTF-8, -16 and -32 (with or without a byte-order mark) itself.
         coco = json.loads(path.read_bytes())
-        images = {img["id"]: img["file_name"] for img in coco["images"]}
-        categories = {str(cat["id"]): str(cat["name"]) for cat in coco["categories"]}
-        annotations = coco.get("annotations", [])
+        images = {_coco_id(img["id"]): _coco_text(img["file_name"]) for img in _coco_list(coco, "images")}
+        categories = {str(_coco_id(cat["id"])): str(cat["name"]) for cat in _coco_list(coco, "categories")}
+        annotations = _coco_list(coco, "annotations") if "annotations" in coco else []
     except UnicodeDecodeError as err:
         raise LabelFormatError(
             f"{path}: not text in UTF-8, UTF-16 or UTF-32 ({err.reason} at byte {err.start}); "
@@ -400,9 +400,12 @@ def read_coco(path: str | Path) -> tuple[dict[str, ChipLabels], dict[str, str]]:
     per_image: dict[str, tuple[list, list]] = {name: ([], []) for name in images.values()}
     for index, ann in enumerate(annotations):
         try:
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            file_name = images[ann["image_id"]]
-            category = str(ann["category_id"])
+            bbox = ann["bbox"]
+            if not isinstance(bbox, list) or not all(type(v) in (int, float) for v in bbox):
+                raise TypeError  # a string would iterate as digits, a bool count as 0 or 1
+            x, y, w, h = (float(v) for v in bbox)
+            file_name = images[_coco_id(ann["image_id"])]
+            category = str(_coco_id(ann["category_id"]))
         except (KeyError, TypeError, ValueError):
             raise LabelFormatError(
                 f"{path}: annotation {index} needs image_id (of a listed image), "
@@ -414,6 +417,28 @@ def read_coco(path: str | Path) -> tuple[dict[str, ChipLabels], dict[str, str]]:
         per_image[file_name][1].append(category)
     labels = {name: ChipLabels.from_lists(b, c) for name, (b, c) in per_image.items()}
     return labels, categories
+
+
+def _coco_list(coco: object, key: str) -> list[dict]:
+    """``coco[key]``, which must be a list of objects (TypeError otherwise, KeyError when missing)."""
+    if not isinstance(coco, dict):
+        raise TypeError(f"the file holds a JSON {type(coco).__name__}, not an object")
+    value = coco[key]
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise TypeError(f"'{key}' must be a list of objects")
+    return value
+
+
+def _coco_id(value: object) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"an id must be a number or text, not {value!r}")
+    return value
+
+
+def _coco_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"a file_name must be text, not {value!r}")
+    return value
 
 
 def write_voc(
