@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 
 from geolearn import prepare_data
 from geolearn.checks import fraction, positive_number, whole_number
-from geolearn.errors import GeolearnError, InvalidArgumentError, TrainingDivergedError
+from geolearn.errors import GeolearnError, GeolearnWarning, InvalidArgumentError, TrainingDivergedError
 from geolearn.learn.retinanet import RetinaNet
 
 from conftest import TINY_CHIPS, make_folder
@@ -123,9 +123,13 @@ def test_predict_and_detect_objects_refuse_scores_outside_zero_to_one(model, tmp
 def test_without_validation_chips_fit_says_which_options_need_them_and_the_metric_refuses(folder):
     data = prepare_data(folder, chip_size=64, batch_size=4, val_split_pct=0)
     model = RetinaNet(data, backbone="resnet18", pretrained=False)
-    with pytest.raises(ValueError, match=r"checkpoint=True, early_stopping=False: they watch the validation chips, "
-                                         r"and the data has none"):
-        model.fit(1, lr=1e-3)
+    with pytest.raises(ValueError, match=r"early_stopping=True watches the validation chips, and the data has none"):
+        model.fit(1, lr=1e-3, early_stopping=True)
+    before = [p.detach().clone() for p in model.model.parameters()]
+    with pytest.warns(GeolearnWarning, match=r"checkpoint=True: no checkpoint is kept, as the data has no validation"):
+        model.fit(1, lr=1e-3)  # the default checkpoint=True: it trains on, without
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.model.parameters()))
+    assert not list((folder / "models").glob("checkpoint_*"))
     with pytest.raises(RuntimeError, match=r"average_precision_score\(\) works on the validation chips, and the data "
                                            r"has none"):
         model.average_precision_score()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from geolearn.checks import learning_rate, whole_number
 from geolearn.data.esri import DATASET_TYPES
-from geolearn.errors import ModelDefinitionError
+from geolearn.errors import GeolearnWarning, InvalidArgumentError, ModelDefinitionError
 from geolearn.inference.defaults import MERGE, NMS_OVERLAP, THRESHOLD, MergeMethod
 from geolearn.inference.predict import detect_with_model, image_pixels, predict_image
 from geolearn.learn.evaluation import DetectionSettings, evaluate, first_chips
@@ -98,6 +99,11 @@ class RetinaNet:
         unknown = set(kwargs) - {"pretrained", "mixed_precision", "wd"}
         if unknown:
             raise TypeError(f"RetinaNet() got unexpected keyword arguments {sorted(unknown)}")
+        if not hasattr(data, "class_mapping"):
+            raise InvalidArgumentError(
+                f"data={data!r}: RetinaNet takes what prepare_data returns. Call data = prepare_data(folder) "
+                "first, or RetinaNet.from_model(path) to load a saved model."
+            )
         if scales == "auto" or ratios == "auto":
             fit = self.suggest_anchors(data)
             scales = fit.scales if scales in (None, "auto") else scales
@@ -308,10 +314,15 @@ class RetinaNet:
             raise ValueError(f"monitor={monitor!r}: choose one of {self.available_metrics}.")
         if checkpoint not in CHECKPOINTS:
             raise ValueError(f"checkpoint={checkpoint!r}: use True, False, 'best' or 'all'.")
-        if len(self._data.valid_ds) == 0 and (checkpoint or early_stopping):
-            raise ValueError(f"checkpoint={checkpoint!r}, early_stopping={early_stopping!r}: they watch the validation "
-                             "chips, and the data has none; prepare_data with val_split_pct=0.1 (say), or fit with "
-                             "checkpoint=False, early_stopping=False.")
+        if len(self._data.valid_ds) == 0 and early_stopping:
+            raise ValueError("early_stopping=True watches the validation chips, and the data has none; prepare_data "
+                             "with val_split_pct=0.1 (say), or fit with early_stopping=False.")
+        if len(self._data.valid_ds) == 0 and checkpoint:  # True is the default: train on, without
+            warnings.warn(f"checkpoint={checkpoint!r}: no checkpoint is kept, as the data has no validation chips to "
+                          "choose the best epoch by; the model is the last epoch's. prepare_data with "
+                          "val_split_pct=0.1 (say) to keep the best, or fit with checkpoint=False.",
+                          GeolearnWarning, stacklevel=2)
+            checkpoint = False
         if lr is None:
             lr = self.lr_find(allow_plot=False)
             logger.info("lr_find chose %.2e", lr)
