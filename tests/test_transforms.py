@@ -96,23 +96,24 @@ def test_default_pipeline_keeps_boxes_on_objects():
         assert unit_to_pixel(box[0], SIZE, SIZE).tolist() == pytest.approx(object_extent(image), abs=1.0)
 
 
-def test_default_pipeline_with_saturation_keeps_boxes_and_greys_stay_grey():
+@pytest.mark.parametrize("colour, name", [({"saturation": 0.5}, "Saturation"), ({"hue": 0.3}, "Hue")])
+def test_default_pipeline_with_saturation_or_hue_keeps_boxes_and_greys_stay_grey(colour, name):
     torch.manual_seed(0)
     batch = batch_with_object((20.0, 24.0, 40.0, 36.0), n=16)
-    transforms = default_batch_transforms(saturation=0.5)
-    assert "Saturation" in [type(t).__name__ for t in transforms]
+    transforms = default_batch_transforms(**colour)
+    assert name in [type(t).__name__ for t in transforms]
     for tfm in transforms:
         batch = tfm(batch, split_idx=0)
     images, boxes, _ = (t.as_subclass(torch.Tensor) for t in batch)
     for image, box in zip(images, boxes):
         assert unit_to_pixel(box[0], SIZE, SIZE).tolist() == pytest.approx(object_extent(image), abs=1.0)
-        # saturation mixes each pixel with its own grey: a grey object stays grey
+        # saturation mixes each pixel with its own grey, hue turns colours around the grey axis: a grey object stays grey
         assert torch.allclose(image[0], image[1], atol=1e-4) and torch.allclose(image[1], image[2], atol=1e-4)
 
 
-@pytest.mark.parametrize("bad", [{"zoom": -0.1}, {"lighting": 1.0}, {"saturation": -0.2}, {"gain": -0.1}])
+@pytest.mark.parametrize("bad", [{"zoom": -0.1}, {"lighting": 1.0}, {"saturation": -0.2}, {"gain": -0.1}, {"hue": 1.0}])
 def test_augmentation_strengths_out_of_range_are_refused(bad):
-    with pytest.raises(ValueError, match=r"zoom and gain must be >= 0 and lighting and saturation in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"zoom and gain must be >= 0 and lighting, saturation and hue in \[0, 1\)"):
         default_batch_transforms(**bad)
 
 

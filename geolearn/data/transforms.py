@@ -23,6 +23,7 @@ from fastai.vision.all import (
     Brightness,
     Contrast,
     Dihedral,
+    Hue,
     Saturation,
     TensorBBox,
     TensorImage,
@@ -265,7 +266,8 @@ class ChannelGains(Transform):
 
 
 def default_batch_transforms(
-    n_bands: int = 3, *, zoom: float = 0.25, lighting: float = 0.2, saturation: float = 0.0, gain: float = 0.0
+    n_bands: int = 3, *, zoom: float = 0.25, lighting: float = 0.2, saturation: float = 0.0, gain: float = 0.0,
+    hue: float = 0.0,
 ) -> list[Transform]:
     """The default training augmentations for map-space (nadir) imagery, and their strength.
 
@@ -280,23 +282,25 @@ def default_batch_transforms(
         lighting: largest relative brightness and contrast change, in [0, 1). Default 0.2.
         saturation: largest relative saturation change, in [0, 1); 0 leaves it out. Default 0.
         gain: largest relative gain of one band, >= 0; 0 (the default) leaves it out.
+        hue: largest hue shift, in [0, 1) as fastai's ``Hue`` takes it (RGB only); 0 (the default)
+            leaves it out.
 
     Returns:
         ``[Dihedral(p=1), Zoom(p=0.5, zero padding), Brightness(p=0.75), Contrast(p=0.75),
-        (Saturation(p=0.75),) (ChannelGains(p=0.75),) ClipBoxes()]``: fresh instances at each call, the disabled ones left out.
+        (Saturation(p=0.75),) (Hue(p=0.75),) (ChannelGains(p=0.75),) ClipBoxes()]``: fresh instances at each call, the disabled ones left out.
 
     Examples:
         >>> [type(t).__name__ for t in default_batch_transforms()]
         ['Dihedral', 'Zoom', 'Brightness', 'Contrast', 'ClipBoxes']
-        >>> [type(t).__name__ for t in default_batch_transforms(zoom=0, saturation=0.2)]
-        ['Dihedral', 'Brightness', 'Contrast', 'Saturation', 'ClipBoxes']
+        >>> [type(t).__name__ for t in default_batch_transforms(zoom=0, saturation=0.2, hue=0.05)]
+        ['Dihedral', 'Brightness', 'Contrast', 'Saturation', 'Hue', 'ClipBoxes']
         >>> [type(t).__name__ for t in default_batch_transforms(n_bands=4, saturation=0.2)][-2:]  # not for 4 bands
         ['Contrast', 'ClipBoxes']
     """
-    if not zoom >= 0 or not 0 <= lighting < 1 or not 0 <= saturation < 1 or not gain >= 0:
-        raise ValueError(f"zoom={zoom!r}, lighting={lighting!r}, saturation={saturation!r}, gain={gain!r}: zoom and "
-                         "gain must be >= 0 and lighting and saturation in [0, 1), e.g. zoom=0.25, lighting=0.2, "
-                         "saturation=0.2, gain=0.1.")
+    if not zoom >= 0 or not 0 <= lighting < 1 or not 0 <= saturation < 1 or not gain >= 0 or not 0 <= hue < 1:
+        raise ValueError(f"zoom={zoom!r}, lighting={lighting!r}, saturation={saturation!r}, gain={gain!r}, hue={hue!r}: "
+                         "zoom and gain must be >= 0 and lighting, saturation and hue in [0, 1), e.g. zoom=0.25, "
+                         "lighting=0.2, saturation=0.2, gain=0.1, hue=0.05.")
     transforms: list[Transform] = [Dihedral(p=1.0)]
     if zoom > 0:
         transforms.append(Zoom(min_zoom=1 / (1 + zoom), max_zoom=1 + zoom, p=0.5, pad_mode="zeros"))
@@ -304,6 +308,8 @@ def default_batch_transforms(
         transforms += [Brightness(max_lighting=lighting, p=0.75), Contrast(max_lighting=lighting, p=0.75)]
     if saturation > 0 and n_bands == 3:
         transforms.append(Saturation(max_lighting=saturation, p=0.75))
+    if hue > 0 and n_bands == 3:
+        transforms.append(Hue(max_hue=hue, p=0.75))
     if gain > 0:
         transforms.append(ChannelGains(max_gain=gain, p=0.75))
     return transforms + [ClipBoxes()]
