@@ -25,6 +25,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.callback.tracker import SaveModelCallback
 from fastai.learner import Metric, save_model
 from fastcore.basics import noop
+from fastcore.xtras import join_path_file
 
 from geolearn.atomic import atomic_write
 from geolearn.errors import TrainingDivergedError
@@ -353,8 +354,7 @@ class AtomicCheckpoint(SaveModelCallback):
     """
 
     def _save(self, name: str) -> None:
-        file = self.learn.path / self.learn.model_dir / f"{name}.pth"
-        file.parent.mkdir(parents=True, exist_ok=True)
+        file = join_path_file(name, self.learn.path / self.learn.model_dir, ext=".pth")  # as Learner.save names it
         with atomic_write(file) as partial:
             save_model(partial, self.learn.model, getattr(self.learn, "opt", None), with_opt=self.with_opt)
         self.last_saved_path = file

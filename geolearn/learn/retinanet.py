@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from geolearn.checks import learning_rate, whole_number
 from geolearn.data.esri import DATASET_TYPES
-from geolearn.errors import GeolearnWarning, InvalidArgumentError, ModelDefinitionError
+from geolearn.errors import InvalidArgumentError, ModelDefinitionError
 from geolearn.inference.defaults import MERGE, NMS_OVERLAP, THRESHOLD, MergeMethod
 from geolearn.inference.predict import detect_with_model, image_pixels, predict_image
 from geolearn.learn.evaluation import DetectionSettings, evaluate, first_chips
@@ -302,27 +301,15 @@ class RetinaNet:
         After training (and the reload of the best checkpoint), one more pass over the
         validation chips sets :attr:`threshold`, the score cut ``detect_objects`` uses.
         """
-        from geolearn.learn.training import CHECKPOINTS, calibrate_threshold, fit_callbacks
+        from geolearn.learn.training import calibrate_threshold, check_fit_options, fit_callbacks
 
         self._require_data("fit")
         epochs = whole_number("epochs", epochs, example="10")
         learning_rate(lr)
-        if time_budget is not None and not time_budget > 0:
-            raise ValueError(f"time_budget={time_budget!r}: give the seconds fit may take, a number > 0 (or None).")
+        checkpoint = check_fit_options(time_budget=time_budget, monitor=monitor, metrics=self.available_metrics,
+                                       checkpoint=checkpoint, early_stopping=early_stopping,
+                                       has_validation=len(self._data.valid_ds) > 0)
         started = time.perf_counter()
-        if monitor not in self.available_metrics:
-            raise ValueError(f"monitor={monitor!r}: choose one of {self.available_metrics}.")
-        if checkpoint not in CHECKPOINTS:
-            raise ValueError(f"checkpoint={checkpoint!r}: use True, False, 'best' or 'all'.")
-        if len(self._data.valid_ds) == 0 and early_stopping:
-            raise ValueError("early_stopping=True watches the validation chips, and the data has none; prepare_data "
-                             "with val_split_pct=0.1 (say), or fit with early_stopping=False.")
-        if len(self._data.valid_ds) == 0 and checkpoint:  # True is the default: train on, without
-            warnings.warn(f"checkpoint={checkpoint!r}: no checkpoint is kept, as the data has no validation chips to "
-                          "choose the best epoch by; the model is the last epoch's. prepare_data with "
-                          "val_split_pct=0.1 (say) to keep the best, or fit with checkpoint=False.",
-                          GeolearnWarning, stacklevel=2)
-            checkpoint = False
         if lr is None:
             lr = self.lr_find(allow_plot=False)
             logger.info("lr_find chose %.2e", lr)

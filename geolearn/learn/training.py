@@ -49,6 +49,7 @@ __all__ = [
     "CALIBRATION_FLOOR",
     "CALIBRATION_IOU",
     "CHECKPOINTS",
+    "check_fit_options",
     "make_learner",
     "group_rates",
     "fit_callbacks",
@@ -110,6 +111,40 @@ def group_rates(lr: float | slice, *, learned_features: bool) -> float | slice:
     if learned_features:
         return slice(lr / 10, lr)
     return float(lr)
+
+
+def check_fit_options(*, time_budget: float | None, monitor: str, metrics: list[str], checkpoint: bool | str,
+                      early_stopping: bool, has_validation: bool) -> bool | str:
+    """Checks ``fit``'s options before any work; returns the checkpoint setting to train with.
+
+    Without validation chips early stopping is refused, and checkpoints (on by default) are
+    left out with a warning: there is no best epoch to choose.
+
+    Raises:
+        ValueError: a time budget that is not a positive number, an unknown ``monitor`` or
+            ``checkpoint``, or ``early_stopping`` without validation chips.
+
+    Examples:
+        >>> check_fit_options(time_budget=None, monitor="valid_loss", metrics=["valid_loss"], checkpoint="best",
+        ...                   early_stopping=False, has_validation=True)
+        'best'
+    """
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"time_budget={time_budget!r}: give the seconds fit may take, a number > 0 (or None).")
+    if monitor not in metrics:
+        raise ValueError(f"monitor={monitor!r}: choose one of {metrics}.")
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint={checkpoint!r}: use True, False, 'best' or 'all'.")
+    if not has_validation and early_stopping:
+        raise ValueError("early_stopping=True watches the validation chips, and the data has none; prepare_data "
+                         "with val_split_pct=0.1 (say), or fit with early_stopping=False.")
+    if not has_validation and checkpoint:  # True is the default: train on, without
+        warnings.warn(f"checkpoint={checkpoint!r}: no checkpoint is kept, as the data has no validation chips to "
+                      "choose the best epoch by; the model is the last epoch's. prepare_data with "
+                      "val_split_pct=0.1 (say) to keep the best, or fit with checkpoint=False.",
+                      GeolearnWarning, stacklevel=3)
+        return False
+    return checkpoint
 
 
 def fit_callbacks(
