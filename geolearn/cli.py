@@ -9,7 +9,9 @@ data (``export_training_data``, ``prepare_data`` → ``RetinaNet`` → ``fit`` �
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import time
 import warnings
@@ -97,6 +99,38 @@ def _check_model_folder(folder: Path, overwrite: bool) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from geolearn.learn import distributed
+
+    if args.nproc > 1 and not distributed.launched():
+        return _launch(args.argv, args.nproc)
+    if distributed.is_main():
+        return _train_here(args)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # one report: rank 0's
+        return _train_here(args)
+
+
+def _launch(argv: list[str], processes: int) -> int:
+    """``geolearn train --nproc N``: the same command in N processes on this machine, by torch's
+    elastic launcher (``torchrun --standalone``), each with its share of the cores."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    print(f"starting {processes} training processes of {os.environ['OMP_NUM_THREADS']} threads each (torchrun)",
+          flush=True)
+    launcher = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(processes), "--module", "geolearn.cli"])
+    launcher.training_script_args = list(argv)  # set after parsing: torchrun's parser would read --nproc as its own
+    try:
+        run(launcher)
+    except ChildFailedError as err:  # each process has printed its own error
+        rank, failure = err.get_first_failure()
+        print(f"geolearn train: error: process {rank} of {processes} failed first (exit code {failure.exitcode}); "
+              "its message is above.", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+def _train_here(args: argparse.Namespace) -> int:
     from geolearn import RetinaNet, prepare_data
 
     _require_paths(CHIPS=args.chips)
@@ -303,6 +337,10 @@ def _add_train(commands) -> None:
     train.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                        help="start from ImageNet weights (downloaded once; without a connection training starts "
                        "from random weights; default --pretrained)")
+    train.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                       help="train data-parallel in N processes on this machine (one per GPU, or CPU processes "
+                       "sharing the cores); for several machines run torchrun yourself (docs/training.md) "
+                       "(default 1)")
     train.add_argument("--overwrite", action="store_true", help="replace a model saved earlier in --out")
     train.add_argument("-q", "--quiet", action="store_true", help="fewer progress bars")
     train.set_defaults(run=_train)
@@ -439,7 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["detect", str(folder / "missing.tif"), "--model", "model.dlpk", "--out", str(folder / "found.gpkg")])
         2
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what `geolearn train --nproc` hands to the processes it starts
     # Library deprecation chatter (fastai's import of torch.jit.script) is noise to a GIS analyst at a prompt.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

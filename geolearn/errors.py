@@ -35,6 +35,7 @@ __all__ = [
     "InvalidArgumentError",
     "TrainingDivergedError",
     "OutputNotWritableError",
+    "DistributedSetupError",
 ]
 
 
@@ -98,3 +99,8 @@ class InvalidArgumentError(GeolearnError, ValueError):
 
 class OutputNotWritableError(GeolearnError, PermissionError):
     """A folder geolearn was asked to write into refuses writes (permissions, a read-only disk)."""
+
+
+class DistributedSetupError(GeolearnError, RuntimeError):
+    """Processes launched to train together cannot: the rendezvous is not reached in time, or the
+    ranks differ in versions or data (``torchrun``, ``geolearn train --nproc``)."""

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+import torch
 from torch import Tensor
 
 __all__ = ["resolve_rgb_bands", "plot_chips", "draw_boxes", "plot_lr_find", "plot_losses", "plot_detections",
@@ -419,6 +420,8 @@ def show_figure(figure: Figure) -> None:
     Examples:
         >>> show_figure(Figure())  # outside Jupyter: nothing is shown, nothing fails
     """
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+        return  # under a launcher rank 0 alone shows figures (geolearn.learn.distributed)
     try:
         from IPython import get_ipython
         from IPython.display import display

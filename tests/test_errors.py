@@ -9,6 +9,7 @@ import pytest
 
 import geolearn.errors as errors
 from geolearn.errors import (
+    DistributedSetupError,
     BandMismatchError,
     CRSMismatchError,
     DataFolderError,
@@ -40,6 +41,7 @@ BUILTIN_OF = {
     InvalidArgumentError: ValueError,
     TrainingDivergedError: FloatingPointError,
     OutputNotWritableError: PermissionError,
+    DistributedSetupError: RuntimeError,
 }
 
 

@@ -1,5 +1,5 @@
 """fastai callbacks: bfloat16 autocast for training, the ``average_precision`` column, a time
-budget, and progress that stays readable in a log.
+budget, progress that stays readable in a log, and data-parallel training under a launcher.
 
 Only training uses them, and only training imports fastai (this module, the data pipeline and
 :class:`~geolearn.learn.retinanet.RetinaNet`'s training methods): a model that only predicts
@@ -14,27 +14,32 @@ worth it on CUDA, where fastai's own callback does it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 from fastai.callback.core import Callback, CancelFitException, CancelTrainException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.tracker import SaveModelCallback
-from fastai.learner import Metric, save_model
+from fastai.data.core import TfmdDL
+from fastai.learner import AvgLoss, Metric, save_model
 from fastcore.basics import noop
 from fastcore.xtras import join_path_file
+from torch.nn.parallel import DistributedDataParallel
 
 from geolearn.atomic import atomic_write
+from geolearn.learn import distributed
 from geolearn.errors import TrainingDivergedError
 from geolearn.learn.evaluation import DetectionSettings, batch_detections, batch_targets
 from geolearn.metrics import average_precision, mean_average_precision
 from geolearn.progress import watched
 
 __all__ = ["Autocast", "AtomicCheckpoint", "precision_callbacks", "AveragePrecisionMetric", "TimeBudget", "TableProgress",
-           "StopOnNonFiniteLoss"]
+           "StopOnNonFiniteLoss", "ShardedDL", "DistributedTraining"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,9 +215,10 @@ class TimeBudget(Callback):
         self.stopped_early = False
 
     def _time_fraction(self) -> float:
-        """Share of the budget spent, with the next validation's time held back."""
+        """Share of the budget spent, with the next validation's time held back (the most any
+        rank has spent, under a launcher: every rank must schedule and stop alike)."""
         usable = max(self.seconds - self._validation_seconds, 1e-9)
-        return (time.perf_counter() - self._start) / usable
+        return distributed.agreed_max((time.perf_counter() - self._start) / usable)
 
     def before_batch(self) -> None:
         """Advances the schedule by time when time is further along than the batch count."""
@@ -327,12 +333,17 @@ class StopOnNonFiniteLoss(Callback):
 
     def after_loss(self) -> None:
         """Raises when this training batch's loss is not finite."""
+        if not self.training:
+            return
         loss = self.learn.loss
-        if not self.training or bool(torch.isfinite(loss).all()):
+        finite = bool(torch.isfinite(loss).all())
+        # Under a launcher every rank stops when any rank's loss is not finite.
+        if not distributed.agreed_max(0.0 if finite else 1.0):
             return
         rate = self.learn.opt.hypers[-1]["lr"]
+        became = "not finite on another process" if finite else f"{float(loss.detach())}"
         raise TrainingDivergedError(
-            f"fit: the training loss became {float(loss.detach())} at epoch {self.epoch + 1}, batch {self.iter + 1}, "
+            f"fit: the training loss became {became} at epoch {self.epoch + 1}, batch {self.iter + 1}, "
             f"at a learning rate of {rate:.2e}. Train with a lower one (fit(lr=...), a tenth of it, say), or "
             "check the chips for NaN pixels. The model keeps the weights of the batch before."
         )
@@ -344,7 +355,8 @@ class AtomicCheckpoint(SaveModelCallback):
     fastai's ``Learner.save`` writes ``models/<name>.pth`` in place: a run killed while it writes
     leaves a truncated checkpoint over the previous one. Here the file goes through
     :func:`geolearn.atomic.atomic_write`, so the previous checkpoint stays until the new one is
-    complete. Arguments as ``SaveModelCallback``'s.
+    complete. Arguments as ``SaveModelCallback``'s. Under a launcher rank 0 alone writes, and
+    the best epoch's weights reach the other ranks by broadcast (nodes need not share a disk).
 
     Examples:
         ``RetinaNet.fit(checkpoint=True)`` adds it (``geolearn.learn.training.fit_callbacks``):
@@ -354,7 +366,152 @@ class AtomicCheckpoint(SaveModelCallback):
     """
 
     def _save(self, name: str) -> None:
+        if not distributed.is_main():
+            return
         file = join_path_file(name, self.learn.path / self.learn.model_dir, ext=".pth")  # as Learner.save names it
         with atomic_write(file) as partial:
             save_model(partial, self.learn.model, getattr(self.learn, "opt", None), with_opt=self.with_opt)
         self.last_saved_path = file
+
+    def after_fit(self, **kwargs) -> None:
+        """Reloads the best epoch (rank 0) and hands it to every other rank."""
+        if distributed.is_main():
+            super().after_fit(**kwargs)
+        if not self.every_epoch:
+            distributed.broadcast_module(self.learn.model)
+
+
+# ----------------------------------------------------------------------------- data-parallel training
+
+
+class ShardedDL(TfmdDL):
+    """A fastai loader over this rank's chips, step by step as ``plan(epoch)`` lays them out.
+
+    Made from the loader it shards (``dl.new(cls=ShardedDL, plan=...)``), so the batch
+    transforms, collate and device are that loader's. ``plan(epoch)`` returns one list of
+    dataset indices per step (:func:`~geolearn.learn.distributed.training_steps`,
+    :func:`~geolearn.learn.distributed.validation_steps`); steps may differ in size, which
+    fastai's own batching (a fixed ``bs``) cannot express.
+
+    Examples:
+        >>> from fastai.data.core import TfmdDL
+        >>> loader = TfmdDL(list(range(5)), bs=2).new(cls=ShardedDL, plan=lambda epoch: [[4, 0], [2]])
+        >>> len(loader), [batch.tolist() for batch in loader]
+        (2, [[4, 0], [2]])
+    """
+
+    def __init__(self, dataset=None, plan: Callable[[int], list[list[int]]] | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.plan = plan
+        self.epoch = 0
+        self._steps = plan(0) if plan is not None else []
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def get_idxs(self) -> list[int]:
+        """Lays out the next epoch (fastai calls it once per pass, in the main process)."""
+        self._steps = self.plan(self.epoch)
+        self.epoch += 1
+        return [index for step in self._steps for index in step]
+
+    def _my_steps(self) -> list[list[int]]:
+        # fastai deals whole batches to its worker processes in turn (num_workers, offs).
+        return self._steps[self.offs :: self.num_workers]
+
+    def sample(self) -> Iterator[int]:
+        """The indices this (worker) process reads."""
+        return (index for step in self._my_steps() for index in step)
+
+    def chunkify(self, items) -> Iterator[list]:
+        """Groups the items read into this rank's steps."""
+        items = iter(items)
+        for step in self._my_steps():
+            yield list(itertools.islice(items, len(step)))
+
+
+class DistributedTraining(Callback):
+    """Trains ``learn.model`` data-parallel over the joined process group (:mod:`geolearn.learn.distributed`).
+
+    Before fitting it wraps the model in ``DistributedDataParallel`` and shards the training
+    and validation loaders (:class:`ShardedDL`); each validation pass runs the bare model over
+    this rank's batches, then gathers the loss sums and the detections, so that every rank
+    holds the whole validation set's figures before fastai's ``Recorder`` reads them. After
+    fitting the bare model is back in ``learn.model``.
+
+    Args:
+        device: the device this rank trains on (:func:`~geolearn.learn.distributed.join_process_group`).
+
+    Examples:
+        ``RetinaNet.fit`` adds it under a launcher (:func:`geolearn.learn.training.training_processes`).
+    """
+
+    # After ChannelsLast (-1) has converted the model; before Recorder (50) reads the metrics.
+    order = 5
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def before_fit(self) -> None:
+        """Wraps the model, agrees on a shuffle seed and shards the loaders."""
+        world, me = distributed.world_size(), distributed.rank()
+        self.bare = self.learn.model
+        self.ddp = DistributedDataParallel(self.bare, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.learn.model = self.ddp
+        train, valid = self.dls.train, self.dls.valid
+        seed = distributed.broadcast_from_main(train.rng.randint(0, 2**31 - 1))
+
+        def train_plan(epoch: int) -> list[list[int]]:
+            order = torch.randperm(len(train.dataset), generator=torch.Generator().manual_seed(seed + epoch))
+            return distributed.training_steps(order.tolist(), train.bs, world, me)
+
+        valid_steps = distributed.validation_steps(len(valid.dataset), valid.bs, world, me)
+        self.train_shard = train.new(cls=ShardedDL, plan=train_plan, shuffle=False, drop_last=False)
+        self.valid_shard = valid.new(cls=ShardedDL, plan=lambda epoch: valid_steps, shuffle=False, drop_last=False)
+
+    def before_train(self) -> None:
+        """Trains on this rank's shard."""
+        self.learn.dl = self.train_shard
+
+    def after_train(self) -> None:
+        """The table's training loss: the ranks' smoothed losses averaged."""
+        smooth = getattr(getattr(self.learn, "recorder", None), "smooth_loss", None)
+        if smooth is not None and torch.is_tensor(smooth.val):
+            (total,) = distributed.summed([float(smooth.val)])
+            smooth.val = torch.full_like(smooth.val, total / distributed.world_size())
+
+    def before_validate(self) -> None:
+        """Validates this rank's batches with the bare model (no gradients to synchronise) and rank 0's BatchNorm statistics."""
+        if self.learn.dl is self.dls.valid:
+            self.learn.dl = self.valid_shard
+        self.learn.model = self.bare
+        distributed.broadcast_module(self.bare, buffers_only=True)
+
+    def after_validate(self) -> None:
+        """Gathers the loss sums and the detections, then re-wraps the model."""
+        self.learn.model = self.ddp
+        recorder = getattr(self.learn, "recorder", None)
+        for metric in getattr(recorder, "_valid_mets", []):  # fastai's Recorder keeps no public handle on them
+            _gather_metric(metric)
+
+    def after_fit(self) -> None:
+        """Puts the bare model, with rank 0's BatchNorm statistics, back in ``learn.model``."""
+        self.learn.model = self.bare
+        distributed.broadcast_module(self.bare, buffers_only=True)
+
+
+def _gather_metric(metric) -> None:
+    """Makes a validation metric hold every rank's chips: sums for fastai's ``AvgLoss``, lists for AP."""
+    if isinstance(metric, AvgLoss):  # sum(loss · chips) and sum(chips)
+        metric.total, count = distributed.summed([float(metric.total), metric.count])
+        metric.count = int(count)
+    elif isinstance(metric, AveragePrecisionMetric):  # per chip, in chip order (rank order)
+        everyone = distributed.gathered((_on_cpu(metric.predictions), _on_cpu(metric.targets)))
+        metric.predictions = [chip for predictions, _ in everyone for chip in predictions]
+        metric.targets = [chip for _, targets in everyone for chip in targets]
+    else:
+        raise TypeError(f"{type(metric).__name__}: DistributedTraining does not know how to gather this metric.")
+
+
+def _on_cpu(chips: list) -> list:
+    return [tuple(part.cpu() for part in chip) for chip in chips]

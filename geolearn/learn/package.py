@@ -64,6 +64,7 @@ import torch
 from torch import Tensor
 
 from geolearn.errors import ModelDefinitionError, OutputExistsError, OutputNotWritableError
+from geolearn.learn import distributed
 from geolearn.learn.emd import ARCGIS_INFERENCE_FUNCTION, INFERENCE_FUNCTION, MODEL_NAME, read_emd
 from geolearn.models import raster_function
 from geolearn.models.retinanet import check_weights_fit
@@ -602,6 +603,7 @@ def save_package(
 
     Everything is written into a hidden sibling folder, then swapped in (see the module doc):
     an interrupted save leaves either the previous package or none, never a half-written one.
+    Under a launcher (``torchrun``) rank 0 alone writes; every rank returns the folder.
 
     Args:
         folder: the model folder, e.g. ``<data.path>/models/<name>``.
@@ -659,6 +661,14 @@ def save_package(
         raise ValueError(f"state_dict: {len(broken)} tensors hold NaN or infinity (e.g. {broken[0]!r}): training "
                          "diverged, and a package of these weights would detect nothing. Train again with a lower "
                          "learning rate, or load a checkpoint saved before it diverged.")
+    # Under a launcher (torchrun) rank 0 writes the one package; the others wait and return its folder.
+    distributed.on_main("save the model", lambda: _save_here(folder, name, state_dict, emd, optimizer_state, figures,
+                                                             metrics, overwrite, extra_files))
+    return folder
+
+
+def _save_here(folder: Path, name: str, state_dict, emd, optimizer_state, figures, metrics, overwrite: bool,
+               extra_files) -> None:
     extra_top = {PurePosixPath(p.replace("\\", "/")).parts[0] for p in (extra_files or {}) if p}
     _tidy_interrupted_saves(folder)
     if folder.exists() or folder.is_symlink():
@@ -681,4 +691,3 @@ def save_package(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("saved model %s in %s", name, folder)
-    return folder

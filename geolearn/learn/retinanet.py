@@ -27,6 +27,7 @@ from geolearn.data.esri import DATASET_TYPES
 from geolearn.errors import InvalidArgumentError, ModelDefinitionError
 from geolearn.inference.defaults import MERGE, NMS_OVERLAP, THRESHOLD, MergeMethod
 from geolearn.inference.predict import detect_with_model, image_pixels, predict_image
+from geolearn.learn import distributed
 from geolearn.learn.evaluation import DetectionSettings, evaluate, first_chips
 from geolearn.learn.lr_rule import suggest_lr
 from geolearn.learn.network_files import onnx_network, raster_function_network, traced_network, write_onnx
@@ -248,11 +249,12 @@ class RetinaNet:
         Returns:
             The suggested learning rate.
         """
-        from geolearn.learn.training import range_test
+        from geolearn.learn.training import range_test, training_processes
 
         self._require_data("lr_find")
-        lrs, losses, valley = range_test(self.learn, self._precision_dtype(), num_it)
-        lr = suggest_lr(lrs, losses, valley)
+        with training_processes(self.learn, self._data):  # under a launcher each rank tests; rank 0's choice holds
+            lrs, losses, valley = range_test(self.learn, self._precision_dtype(), num_it)
+        lr = distributed.broadcast_from_main(suggest_lr(lrs, losses, valley))
         self.lr_find_figure = plot_lr_find(lrs, losses, lr)
         if allow_plot:
             show_figure(self.lr_find_figure)
@@ -301,7 +303,7 @@ class RetinaNet:
         After training (and the reload of the best checkpoint), one more pass over the
         validation chips sets :attr:`threshold`, the score cut ``detect_objects`` uses.
         """
-        from geolearn.learn.training import calibrate_threshold, check_fit_options, fit_callbacks
+        from geolearn.learn.training import calibrate_threshold, check_fit_options, fit_callbacks, training_processes
 
         self._require_data("fit")
         epochs = whole_number("epochs", epochs, example="10")
@@ -310,18 +312,19 @@ class RetinaNet:
                                        checkpoint=checkpoint, early_stopping=early_stopping,
                                        has_validation=len(self._data.valid_ds) > 0)
         started = time.perf_counter()
-        if lr is None:
-            lr = self.lr_find(allow_plot=False)
-            logger.info("lr_find chose %.2e", lr)
-        top = lr if isinstance(lr, (int, float)) else getattr(lr, "stop", None)
-        self._config = self._config.replace(learning_rate=float(top) if top is not None else None)
-        callbacks = fit_callbacks(
-            self._precision_dtype(mixed_precision), early_stopping=early_stopping, checkpoint=checkpoint,
-            monitor=monitor, tensorboard_dir=Path(self._data.path) / "training_log" if tensorboard else None,
-            seconds_left=None if time_budget is None else time_budget - (time.perf_counter() - started),
-        )
-        train = self.learn.fit_one_cycle if one_cycle else self.learn.fit
-        train(epochs, self._group_rates(lr), cbs=callbacks, **kwargs)
+        with training_processes(self.learn, self._data) as processes:  # [] in one process; see training.py
+            if lr is None:
+                lr = self.lr_find(allow_plot=False)
+                logger.info("lr_find chose %.2e", lr)
+            top = lr if isinstance(lr, (int, float)) else getattr(lr, "stop", None)
+            self._config = self._config.replace(learning_rate=float(top) if top is not None else None)
+            callbacks = processes + fit_callbacks(
+                self._precision_dtype(mixed_precision), early_stopping=early_stopping, checkpoint=checkpoint,
+                monitor=monitor, tensorboard_dir=Path(self._data.path) / "training_log" if tensorboard else None,
+                seconds_left=None if time_budget is None else time_budget - (time.perf_counter() - started),
+            )
+            train = self.learn.fit_one_cycle if one_cycle else self.learn.fit
+            train(epochs, self._group_rates(lr), cbs=callbacks, **kwargs)
         # One more pass over the validation chips: the score cut detect_objects uses (training.calibrate_threshold).
         cut = calibrate_threshold(self.model, self._data.valid, self.anchors, self._config.chip_size,
                                   self._precision_dtype())

@@ -6,7 +6,8 @@
 - :func:`fit_callbacks`: the callbacks that ``fit``'s arcgis.learn arguments ask for;
 - :func:`range_test`: fastai's LR range test, returning the curve :func:`~geolearn.learn.lr_rule.suggest_lr` reads;
 - :func:`training_boxes`: the boxes anchors are fitted to;
-- :func:`calibrate_threshold`: the score cut ``fit`` hands to ``detect_objects``.
+- :func:`calibrate_threshold`: the score cut ``fit`` hands to ``detect_objects``;
+- :func:`training_processes`: one process, or several under ``torchrun`` (data-parallel).
 
 Like :mod:`geolearn.learn.callbacks`, this module imports fastai, so ``RetinaNet`` imports it inside
 its training methods only: a model that only predicts never loads fastai.
@@ -15,9 +16,12 @@ its training methods only: a model that only predicts never loads fastai.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
+from contextlib import contextmanager, redirect_stdout
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -32,9 +36,11 @@ from fastai.optimizer import Adam
 from geolearn.data.boxes import pixel_to_unit
 from geolearn.errors import GeolearnWarning
 from geolearn.inference.defaults import NMS_OVERLAP
+from geolearn.learn import distributed
 from geolearn.learn.callbacks import (
     AtomicCheckpoint,
     AveragePrecisionMetric,
+    DistributedTraining,
     StopOnNonFiniteLoss,
     TableProgress,
     TimeBudget,
@@ -57,6 +63,7 @@ __all__ = [
     "training_boxes",
     "calibrate_threshold",
     "recorded_losses",
+    "training_processes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -175,7 +182,7 @@ def fit_callbacks(
     if checkpoint:
         name = f"checkpoint_{datetime.now():%Y-%m-%d_%H-%M-%S}"
         callbacks.append(AtomicCheckpoint(monitor=monitor, fname=name, every_epoch=checkpoint == "all"))
-    if tensorboard_dir is not None:
+    if tensorboard_dir is not None and distributed.is_main():
         callbacks += _tensorboard_callbacks(tensorboard_dir)
     if seconds_left is not None:
         callbacks.append(TimeBudget(max(seconds_left, 1.0)))  # at least a second, so that one batch trains
@@ -265,3 +272,48 @@ def recorded_losses(recorder) -> tuple[list[int], list[float], list[int], list[f
     train = [float(v) for v in getattr(recorder, "losses", [])]
     valid = [float(row[1]) for row in getattr(recorder, "values", []) if len(row) > 1 and row[1] is not None]
     return list(range(len(train))), train, list(getattr(recorder, "iters", []))[: len(valid)], valid
+
+
+@contextmanager
+def training_processes(learn: Learner, data) -> Iterator[list[Callback]]:
+    """Where ``lr_find`` and ``fit`` run: yields the callbacks a fit adds for the processes it runs in.
+
+    In one process: nothing to do, ``[]``. Under a launcher (``torchrun``, ``accelerate launch``,
+    ``geolearn train --nproc``): the process group is joined, the model and data moved to this
+    rank's device, the ranks' versions and chips compared, fastai kept blind to the launch
+    (:mod:`geolearn.learn.distributed` says why), the standard output of ranks > 0 silenced,
+    and ``[DistributedTraining]`` yielded. On the
+    way out ``learn.model`` is the bare network again, even after an error.
+
+    Raises:
+        DistributedSetupError: the other processes are not reached, or differ.
+        InvalidArgumentError: ``batch_size`` is smaller than the number of processes.
+
+    Examples:
+        See ``RetinaNet.fit`` and ``RetinaNet.lr_find``, which call it.
+    """
+    if not (distributed.launched() or distributed.active()):
+        yield []
+        return
+    bare = learn.model
+    device = distributed.join_process_group(next(bare.parameters()).device)
+    if next(bare.parameters()).device != device:
+        bare.to(device)
+        learn.dls.to(device)
+    distributed.check_same_setup(data)
+    distributed.training_steps(range(len(data.train_ds)), data.batch_size, distributed.world_size(), 0)  # refused now, not mid-fit
+    try:
+        with distributed.fastai_single_process(), _quiet_unless_main():
+            yield [DistributedTraining(device)]
+    finally:
+        learn.model = bare
+
+
+@contextmanager
+def _quiet_unless_main() -> Iterator[None]:
+    """Ranks > 0 print nothing (fastai prints the table, bars and checkpoint news on stdout)."""
+    if distributed.is_main():
+        yield
+        return
+    with open(os.devnull, "w") as sink, redirect_stdout(sink):
+        yield

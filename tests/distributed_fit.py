@@ -1,0 +1,70 @@
+"""A user's training script, as test_distributed.py launches it under ``torchrun``.
+
+``python -m torch.distributed.run --standalone --nproc_per_node 2 distributed_fit.py CHIPS OUT [--mismatch | --missing]``
+
+Each rank writes ``OUT/rank<r>.json``: the chip indices it trained on per epoch, a digest of its
+weights after ``fit`` (and after one more epoch without a checkpoint), the epoch table's rows,
+and the folder ``save`` returned. With
+``--mismatch`` rank 1 reads the chips with another split seed, as a node with other data would,
+and each rank writes the error it raised to ``OUT/rank<r>.error``; with ``--missing`` rank 1 is
+given a data folder that does not exist.
+"""
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from fastai.callback.core import Callback
+
+from geolearn import RetinaNet, prepare_data
+from geolearn.errors import DistributedSetupError
+
+
+class RecordShards(Callback):
+    """Keeps the dataset indices of the training chips this rank was handed each epoch."""
+
+    order = 6  # after DistributedTraining (5) has handed the loader over
+
+    def __init__(self):
+        self.epochs = []
+
+    def after_train(self):
+        self.epochs.append([index for step in self.learn.dl._steps for index in step])
+
+
+def _digest(model) -> str:
+    """A digest of the network's parameters and buffers (BatchNorm statistics included)."""
+    state = model.model.state_dict().values()
+    return hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in state)).hexdigest()
+
+
+def main(chips: str, out: str, mismatch: bool, missing: bool) -> None:
+    rank = int(os.environ["RANK"])
+    Path(out).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(rank)  # different initial weights: DDP must make them rank 0's
+    seed = 7 if (mismatch and rank == 1) else 42
+    if missing and rank == 1:
+        chips = chips + "-not-on-this-node"
+    data = prepare_data(chips, chip_size=64, batch_size=4, val_split_pct=0.34, seed=seed)
+    model = RetinaNet(data, backbone="resnet18", pretrained=False, mixed_precision=False)
+    shards = RecordShards()
+    model.learn.add_cb(shards)
+    try:
+        model.fit(2, lr=1e-3)
+    except DistributedSetupError as err:  # the test checks that every rank raised it
+        (Path(out) / f"rank{rank}.error").write_text(str(err))
+        raise
+    weights = _digest(model)
+    folder = model.save(str(Path(out) / "model"))
+    rows = [[float(v) for v in row] for row in model.learn.recorder.values]
+    model.fit(1, lr=1e-4, checkpoint=False)  # no checkpoint to reload: the ranks' own weights at the end
+    record = {"shards": shards.epochs, "weights": weights, "rows": rows, "folder": str(folder),
+              "train_chips": len(data.train_ds), "weights_without_checkpoint": _digest(model)}
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], "--mismatch" in sys.argv, "--missing" in sys.argv)
