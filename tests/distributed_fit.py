@@ -2,7 +2,7 @@
 
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 distributed_fit.py CHIPS OUT [--mismatch | --missing]``
 
-Each rank writes ``OUT/rank<r>.json``: the chip indices it trained on per epoch, a digest of its
+Each rank writes ``OUT/rank<r>.json``: the rate its ``lr_find`` returned, the chip indices it trained on per epoch, a digest of its
 weights after ``fit`` (and after one more epoch without a checkpoint), the epoch table's rows,
 and the folder ``save`` returned. With
 ``--mismatch`` rank 1 reads the chips with another split seed, as a node with other data would,
@@ -21,6 +21,7 @@ from fastai.callback.core import Callback
 
 from geolearn import RetinaNet, prepare_data
 from geolearn.errors import DistributedSetupError
+from geolearn.learn.callbacks import ShardedDL
 
 
 class RecordShards(Callback):
@@ -32,7 +33,8 @@ class RecordShards(Callback):
         self.epochs = []
 
     def after_train(self):
-        self.epochs.append([index for step in self.learn.dl._steps for index in step])
+        if isinstance(self.learn.dl, ShardedDL):  # fit's epochs, not lr_find's batches
+            self.epochs.append([index for step in self.learn.dl._steps for index in step])
 
 
 def _digest(model) -> str:
@@ -53,6 +55,7 @@ def main(chips: str, out: str, mismatch: bool, missing: bool) -> None:
     shards = RecordShards()
     model.learn.add_cb(shards)
     try:
+        found = model.lr_find(allow_plot=False, num_it=20)  # each rank tests; rank 0's choice holds
         model.fit(2, lr=1e-3)
     except DistributedSetupError as err:  # the test checks that every rank raised it
         (Path(out) / f"rank{rank}.error").write_text(str(err))
@@ -62,7 +65,7 @@ def main(chips: str, out: str, mismatch: bool, missing: bool) -> None:
     rows = [[float(v) for v in row] for row in model.learn.recorder.values]
     model.fit(1, lr=1e-4, checkpoint=False)  # no checkpoint to reload: the ranks' own weights at the end
     record = {"shards": shards.epochs, "weights": weights, "rows": rows, "folder": str(folder),
-              "train_chips": len(data.train_ds), "weights_without_checkpoint": _digest(model)}
+              "train_chips": len(data.train_ds), "weights_without_checkpoint": _digest(model), "lr_find": found}
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
 
 

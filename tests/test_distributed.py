@@ -117,6 +117,11 @@ def test_ranks_end_with_the_same_weights(two_ranks):
     assert records[0]["weights_without_checkpoint"] == records[1]["weights_without_checkpoint"]
 
 
+def test_lr_find_gives_every_rank_rank_0s_choice(two_ranks):
+    _, _, _, records = two_ranks
+    assert records[0]["lr_find"] == records[1]["lr_find"] > 0
+
+
 def test_each_epoch_deals_every_training_chip_to_one_rank(two_ranks):
     _, _, _, records = two_ranks
     n = records[0]["train_chips"]

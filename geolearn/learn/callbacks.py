@@ -27,7 +27,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.callback.tracker import SaveModelCallback
 from fastai.data.core import TfmdDL
 from fastai.learner import AvgLoss, Metric, save_model
-from fastcore.basics import noop
+from fastai.imports import noop  # the one Learner.no_logging sets (fastcore has another)
 from fastcore.xtras import join_path_file
 from torch.nn.parallel import DistributedDataParallel
 
