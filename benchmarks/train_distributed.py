@@ -1,10 +1,10 @@
 """Data-parallel training on this machine: N processes of T/N threads against one process of T threads.
 
-    python benchmarks/train_distributed.py [--epochs 5] [--processes 2] [--log]
+    python benchmarks/train_distributed.py [--epochs 5] [--processes 2] [--seed 0] [--log]
 
-Both runs train the same ResNet-18 RetinaNet from the same seed on the sample scene's chips
-(256 px, batch 8 in all, bfloat16 autocast where the CPU has it, learning rate 1e-3, no
-lr_find) for the same number of epochs, one after the other, so their figures share the
+Both runs train the same ResNet-18 RetinaNet from the same seed (``--seed``) on the sample
+scene's chips (256 px, batch 8 in all, bfloat16 autocast where the CPU has it, learning rate
+1e-3, no lr_find) for the same number of epochs, one after the other, so their figures share the
 machine's state:
 
 * ``1 x T``: ``model.fit`` in one process of T threads (T: this machine's cores);
@@ -38,10 +38,10 @@ from train_speed import sample_chips  # noqa: E402  (the sample scene's chips, e
 
 WORK = REPO / "benchmarks" / "_work"
 LOG = REPO / "benchmarks" / "results" / "train_distributed.jsonl"
-CHIP, BATCH, LR, SEED = 256, 8, 1e-3, 0
+CHIP, BATCH, LR = 256, 8, 1e-3
 
 
-def worker(chips: str, epochs: int, result: str) -> None:
+def worker(chips: str, epochs: int, result: str, seed: int) -> None:
     """One training run (one process, or each rank of a torchrun launch); rank 0 writes ``result``."""
     import torch
     from fastai.callback.core import Callback
@@ -67,7 +67,7 @@ def worker(chips: str, epochs: int, result: str) -> None:
         def after_train(self):
             self.seconds += time.perf_counter() - self.start
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     data = prepare_data(chips, chip_size=CHIP, batch_size=BATCH, val_split_pct=0.2, seed=42)
     model = RetinaNet(data, backbone="resnet18", pretrained=False)
     clock = TrainClock()
@@ -83,10 +83,10 @@ def worker(chips: str, epochs: int, result: str) -> None:
         }))
 
 
-def run(processes: int, threads: int, chips: Path, epochs: int) -> dict:
+def run(processes: int, threads: int, chips: Path, epochs: int, seed: int) -> dict:
     result = Path(tempfile.mkdtemp(dir=WORK)) / "result.json"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO))
-    script = [str(Path(__file__).resolve()), "--worker", str(chips), str(epochs), str(result)]
+    script = [str(Path(__file__).resolve()), "--worker", str(chips), str(epochs), str(result), str(seed)]
     if processes == 1:
         command = [sys.executable, *script]
     else:
@@ -101,20 +101,21 @@ def run(processes: int, threads: int, chips: Path, epochs: int) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        worker(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="torch's seed for both runs (the weights' start)")
     parser.add_argument("--log", action="store_true", help=f"append the row to {LOG.relative_to(REPO)}")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     chips = sample_chips()
-    one = run(1, cores, chips, args.epochs)
-    many = run(args.processes, max(1, cores // args.processes), chips, args.epochs)
+    one = run(1, cores, chips, args.epochs, args.seed)
+    many = run(args.processes, max(1, cores // args.processes), chips, args.epochs, args.seed)
     machine = runlog.machine()
     print(f"{machine['cpu']}, {cores} cores, torch {machine['torch']}; resnet18, {CHIP} px chips, batch {BATCH} in all, "
-          f"{args.epochs} epochs, lr {LR}, {one['precision']}")
+          f"{args.epochs} epochs, lr {LR}, seed {args.seed}, {one['precision']}")
     for label, record in ((f"1 x {cores} threads", one), (f"{args.processes} x {many['threads']} threads", many)):
         print(f"  {label:>16}: {record['images_per_s']:.2f} img/s training ({record['chips']:.0f} chips in "
               f"{record['train_s']:.0f} s), AP@0.5 {record['ap50']}, whole run {record['wall_s']:.0f} s")
@@ -124,7 +125,7 @@ def main() -> None:
         runlog.append(LOG, {
             "command": "python benchmarks/train_distributed.py " + " ".join(sys.argv[1:]),
             "commit": runlog.git_commit("benchmarks/train_distributed.py"), "time": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": machine, "epochs": args.epochs, "one_process": one, "processes": many, "ratio": round(ratio, 3),
+            "machine": machine, "epochs": args.epochs, "seed": args.seed, "one_process": one, "processes": many, "ratio": round(ratio, 3),
         })
 
 

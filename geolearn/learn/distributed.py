@@ -127,7 +127,7 @@ def _timeout() -> float:
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
-        raise ValueError(f"{TIMEOUT_ENV}={text!r}: give the seconds a process waits for the others, a number > 0.")
+        raise InvalidArgumentError(f"{TIMEOUT_ENV}={text!r}: give the seconds a process waits for the others, a number > 0.")
     return seconds
 
 
