@@ -44,3 +44,28 @@ def test_scene_overview_without_detections(tmp_path):
     figure = plot_scene_detections(raster, empty)
     assert figure.axes[0].images[0].get_array().shape == (300, 300, 3)
     assert figure.axes[0].get_legend() is None
+
+
+def test_figures_show_in_jupyter_on_rank_0_only(monkeypatch):
+    from types import SimpleNamespace
+
+    import pytest
+    import torch
+
+    from geolearn.viz import show_figure
+
+    IPython = pytest.importorskip("IPython")
+    import IPython.display
+
+    shown = []
+    png = SimpleNamespace(lookup_by_type=lambda kind: None)  # a PNG formatter for Figures is registered
+    shell = SimpleNamespace(display_formatter=SimpleNamespace(formatters={"image/png": png}))
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    figure = Figure()
+    show_figure(figure)
+    assert shown == [figure]
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # rank 1 of a torchrun launch
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    show_figure(figure)
+    assert shown == [figure]
