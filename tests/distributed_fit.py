@@ -3,7 +3,8 @@
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 distributed_fit.py CHIPS OUT [--mismatch | --missing]``
 
 Each rank writes ``OUT/rank<r>.json``: the rate its ``lr_find`` returned, the chip indices it trained on per epoch, a digest of its
-weights after ``fit`` (and after one more epoch without a checkpoint), the epoch table's rows,
+weights after ``fit`` (and after one more epoch without a checkpoint, and after a fit cut by a
+time budget, with its epoch count), the epoch table's rows,
 and the folder ``save`` returned. With
 ``--mismatch`` rank 1 reads the chips with another split seed, as a node with other data would,
 and each rank writes the error it raised to ``OUT/rank<r>.error``; with ``--missing`` rank 1 is
@@ -64,8 +65,11 @@ def main(chips: str, out: str, mismatch: bool, missing: bool) -> None:
     folder = model.save(str(Path(out) / "model"))
     rows = [[float(v) for v in row] for row in model.learn.recorder.values]
     model.fit(1, lr=1e-4, checkpoint=False)  # no checkpoint to reload: the ranks' own weights at the end
+    without_checkpoint = _digest(model)
+    model.fit(50, lr=1e-4, checkpoint=False, time_budget=4)  # each rank's clock: they must stop alike
     record = {"shards": shards.epochs, "weights": weights, "rows": rows, "folder": str(folder),
-              "train_chips": len(data.train_ds), "weights_without_checkpoint": _digest(model), "lr_find": found}
+              "train_chips": len(data.train_ds), "weights_without_checkpoint": without_checkpoint, "lr_find": found,
+              "timed_epochs": len(model.learn.recorder.values), "weights_after_time_budget": _digest(model)}
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
 
 

@@ -117,6 +117,12 @@ def test_ranks_end_with_the_same_weights(two_ranks):
     assert records[0]["weights_without_checkpoint"] == records[1]["weights_without_checkpoint"]
 
 
+def test_a_time_budget_stops_every_rank_at_the_same_step(two_ranks):
+    _, _, _, records = two_ranks
+    assert 1 <= records[0]["timed_epochs"] == records[1]["timed_epochs"] < 50
+    assert records[0]["weights_after_time_budget"] == records[1]["weights_after_time_budget"]
+
+
 def test_lr_find_gives_every_rank_rank_0s_choice(two_ranks):
     _, _, _, records = two_ranks
     assert records[0]["lr_find"] == records[1]["lr_find"] > 0
@@ -147,7 +153,7 @@ def test_every_rank_reports_the_single_process_validation_of_the_saved_weights(t
 
 def test_one_table_and_one_package(two_ranks):
     _, out, stdout, records = two_ranks
-    assert stdout.count("train_loss") == 2  # one table per fit, rank 0's
+    assert stdout.count("train_loss") == 3  # one table per fit, rank 0's
     assert stdout.count("Better model found at epoch 0") == 1
     assert records[0]["folder"] == records[1]["folder"] == str(out / "model")
     assert sorted(p.name for p in out.iterdir()) == ["model", "rank0.json", "rank1.json"]  # no staging left
