@@ -9,7 +9,6 @@ data (``export_training_data``, ``prepare_data`` → ``RetinaNet`` → ``fit`` �
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -103,9 +102,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.nproc > 1 and not distributed.launched():
         return _launch(args.argv, args.nproc)
-    if distributed.is_main():
-        return _train_here(args)
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # one report: rank 0's
+    with distributed.quiet_unless_main():  # under a launcher, one report: rank 0's
         return _train_here(args)
 
 

@@ -37,7 +37,7 @@ import hashlib
 import itertools
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from datetime import timedelta
 from typing import Any, Callable, Iterator, Sequence
 
@@ -57,13 +57,13 @@ __all__ = [
     "is_main",
     "join_process_group",
     "fastai_single_process",
+    "quiet_unless_main",
     "broadcast_from_main",
     "agreed_max",
     "summed",
     "gathered",
     "on_main",
     "broadcast_module",
-    "barrier",
     "training_steps",
     "validation_steps",
     "check_same_setup",
@@ -165,6 +165,22 @@ def join_process_group(device: torch.device) -> torch.device:
 def _leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def quiet_unless_main() -> Iterator[None]:
+    """Ranks > 0 print nothing while inside (fastai's table, bars and checkpoint news; a script's report).
+
+    Examples:
+        >>> with quiet_unless_main():  # one process is rank 0
+        ...     print("shown")
+        shown
+    """
+    if is_main():
+        yield
+        return
+    with open(os.devnull, "w") as sink, redirect_stdout(sink):
+        yield
 
 
 @contextmanager
@@ -278,16 +294,6 @@ def broadcast_module(module: torch.nn.Module, *, buffers_only: bool = False) -> 
     tensors = module.buffers() if buffers_only else itertools.chain(module.parameters(), module.buffers())
     for tensor in tensors:
         dist.broadcast(tensor.data, src=0)
-
-
-def barrier() -> None:
-    """Waits for every rank (gloo's monitored barrier names a rank that never comes)."""
-    if not active():
-        return
-    if dist.get_backend() == "gloo":
-        dist.monitored_barrier(timeout=timedelta(seconds=_timeout()))
-    else:
-        dist.barrier()
 
 
 def _collective_device() -> torch.device:

@@ -16,9 +16,8 @@ its training methods only: a model that only predicts never loads fastai.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
@@ -282,8 +281,8 @@ def training_processes(learn: Learner, data) -> Iterator[list[Callback]]:
     ``geolearn train --nproc``): the process group is joined, the model and data moved to this
     rank's device, the ranks' versions and chips compared, fastai kept blind to the launch
     (:mod:`geolearn.learn.distributed` says why), the standard output of ranks > 0 silenced,
-    and ``[DistributedTraining]`` yielded. On the
-    way out ``learn.model`` is the bare network again, even after an error.
+    and ``[DistributedTraining]`` yielded. On the way out ``learn.model`` is the bare network
+    again, even after an error.
 
     Raises:
         DistributedSetupError: the other processes are not reached, or differ.
@@ -303,17 +302,7 @@ def training_processes(learn: Learner, data) -> Iterator[list[Callback]]:
     distributed.check_same_setup(data)
     distributed.training_steps(range(len(data.train_ds)), data.batch_size, distributed.world_size(), 0)  # refused now, not mid-fit
     try:
-        with distributed.fastai_single_process(), _quiet_unless_main():
+        with distributed.fastai_single_process(), distributed.quiet_unless_main():
             yield [DistributedTraining(device)]
     finally:
         learn.model = bare
-
-
-@contextmanager
-def _quiet_unless_main() -> Iterator[None]:
-    """Ranks > 0 print nothing (fastai prints the table, bars and checkpoint news on stdout)."""
-    if distributed.is_main():
-        yield
-        return
-    with open(os.devnull, "w") as sink, redirect_stdout(sink):
-        yield
