@@ -2,7 +2,7 @@
 
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 distributed_fit.py CHIPS OUT [--mismatch | --missing]``
 
-Each rank writes ``OUT/rank<r>.json``: the rate its ``lr_find`` returned, the chip indices it trained on per epoch, a digest of its
+Each rank writes ``OUT/rank<r>.json``: the rate its ``lr_find`` returned, the chip indices it trained on per epoch, digests of the generators its first epoch's augmentations draw from, a digest of its
 weights after ``fit`` (and after one more epoch without a checkpoint, and after a fit cut by a
 time budget, with its epoch count), the epoch table's rows,
 and the folder ``save`` returned. With
@@ -14,6 +14,7 @@ given a data folder that does not exist.
 import hashlib
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -32,6 +33,14 @@ class RecordShards(Callback):
 
     def __init__(self):
         self.epochs = []
+        self.draws = None
+
+    def before_train(self):
+        """What the first epoch's augmentations will draw from: torch's, Python's and the crops' generators."""
+        if self.draws is None and isinstance(self.learn.dl, ShardedDL):
+            states = [torch.get_rng_state().numpy().tobytes(), repr(random.getstate()).encode(),
+                      self.learn.dl.dataset._generator.get_state().numpy().tobytes()]
+            self.draws = [hashlib.sha256(state).hexdigest() for state in states]
 
     def after_train(self):
         if isinstance(self.learn.dl, ShardedDL):  # fit's epochs, not lr_find's batches
@@ -53,6 +62,8 @@ def main(chips: str, out: str, mismatch: bool, missing: bool) -> None:
         chips = chips + "-not-on-this-node"
     data = prepare_data(chips, chip_size=64, batch_size=4, val_split_pct=0.34, seed=seed)
     model = RetinaNet(data, backbone="resnet18", pretrained=False, mixed_precision=False)
+    torch.manual_seed(0)  # then every generator alike, as a script seeding for reproducibility leaves them:
+    random.seed(0)  # each rank must still draw its own augmentations
     shards = RecordShards()
     model.learn.add_cb(shards)
     try:
@@ -67,7 +78,7 @@ def main(chips: str, out: str, mismatch: bool, missing: bool) -> None:
     model.fit(1, lr=1e-4, checkpoint=False)  # no checkpoint to reload: the ranks' own weights at the end
     without_checkpoint = _digest(model)
     model.fit(50, lr=1e-4, checkpoint=False, time_budget=4)  # each rank's clock: they must stop alike
-    record = {"shards": shards.epochs, "weights": weights, "rows": rows, "folder": str(folder),
+    record = {"shards": shards.epochs, "draws": shards.draws, "weights": weights, "rows": rows, "folder": str(folder),
               "train_chips": len(data.train_ds), "weights_without_checkpoint": without_checkpoint, "lr_find": found,
               "timed_epochs": len(model.learn.recorder.values), "weights_after_time_budget": _digest(model)}
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))

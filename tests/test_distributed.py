@@ -138,6 +138,12 @@ def test_each_epoch_deals_every_training_chip_to_one_rank(two_ranks):
     assert records[0]["shards"][0] != records[0]["shards"][1]  # reshuffled each epoch
 
 
+def test_each_rank_draws_its_own_augmentations(two_ranks):
+    _, _, _, records = two_ranks
+    torch_rng, python_rng, crops = zip(*(record["draws"] for record in records))
+    assert torch_rng[0] != torch_rng[1] and python_rng[0] != python_rng[1] and crops[0] != crops[1]
+
+
 def test_every_rank_reports_the_single_process_validation_of_the_saved_weights(two_ranks):
     from geolearn import RetinaNet, prepare_data
 

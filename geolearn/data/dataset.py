@@ -87,6 +87,11 @@ class ChipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def reseed(self, seed: int) -> None:
+        """Restarts the random crops from ``seed`` (a training process under a launcher draws its own)."""
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
+
     @property
     def split_idx(self) -> int:
         """fastai's split index: 0 for training chips, 1 for validation chips.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -32,6 +33,7 @@ from fastcore.xtras import join_path_file
 from torch.nn.parallel import DistributedDataParallel
 
 from geolearn.atomic import atomic_write
+from geolearn.data.dataset import ChipDataset
 from geolearn.learn import distributed
 from geolearn.errors import TrainingDivergedError
 from geolearn.learn.evaluation import DetectionSettings, batch_detections, batch_targets
@@ -460,6 +462,7 @@ class DistributedTraining(Callback):
         self.learn.model = self.ddp
         train, valid = self.dls.train, self.dls.valid
         seed = distributed.broadcast_from_main(train.rng.randint(0, 2**31 - 1))
+        _draw_apart(train.dataset, me)
 
         def train_plan(epoch: int) -> list[list[int]]:
             order = torch.randperm(len(train.dataset), generator=torch.Generator().manual_seed(seed + epoch))
@@ -498,6 +501,23 @@ class DistributedTraining(Callback):
         """Puts the bare model, with rank 0's BatchNorm statistics, back in ``learn.model``."""
         self.learn.model = self.bare
         distributed.broadcast_module(self.bare, buffers_only=True)
+
+
+def _draw_apart(dataset, rank: int) -> None:
+    """Makes rank ``rank`` > 0 draw its own augmentations; rank 0 draws as one process would.
+
+    Every process starts its generators alike (torch's default seed is a constant, and scripts
+    seed alike), so without this every rank would flip, recolour and crop its own chips with the
+    same draws: a global batch would hold fewer distinct augmentations than one process gives.
+    fastai's batch transforms draw from torch's and Python's generators, the crops from the
+    dataset's own.
+    """
+    if rank == 0:
+        return
+    torch.manual_seed(torch.initial_seed() + rank)
+    random.seed(random.getrandbits(64) + rank)
+    if isinstance(dataset, ChipDataset):
+        dataset.reseed(dataset.seed + rank)
 
 
 def _gather_metric(metric) -> None:
