@@ -30,6 +30,13 @@ at confidence 0.5 and adjacent windows overlapping by 128 px (25 %):
   with Lightning's ``precision='bf16-mixed'`` (``create_trainer``) DeepForest 2.1 fails on the
   bfloat16 boxes.
   ``deepforest-window`` (not run by default) is its streaming ``dataloader_strategy='window'``.
+* ``geolearn-release`` (not run by default): ``geolearn`` as of ``--release REF`` (default
+  ``RELEASE``, main before issue 17's speed work), taken from git with ``git archive`` into
+  ``benchmarks/_work/release-REF``: the "against its current release" figure, in the same run.
+
+``--busy N`` keeps N other processes busy (a Python loop each) beside every tool for the whole
+run, as on a shared machine; each tool's environment is this script's, so OpenMP's wait policy
+is whatever each geolearn version chooses (docs/performance.md, "Threads on a shared machine").
 
 The torchvision, SAHI and DeepForest networks load the same weights. Each tool runs in its own
 subprocess (SAHI and DeepForest in ``benchmarks/_work/venv-competitors``, made by
@@ -57,6 +64,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "_work"
+RESULTS = REPO / "benchmarks" / "results" / "detect.jsonl"
 SAMPLE_RASTER = REPO / "sample_data" / "sample_scene.tif"
 COMPETITOR_VENV = WORK / "venv-competitors"
 # Pinned so that the competitors run the very torch geolearn runs (the newest this machine's
@@ -77,10 +85,12 @@ TILE_OFFSET = 256  # where the crop starts in the 2560 x 2560 sample scene (all 
 # raster as geolearn's network (1467 against 1405), so both merge as much.
 TORCHVISION_CLS_BIAS = -0.47
 
-ALL_TOOLS = ["geolearn", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"]
+ALL_TOOLS = ["geolearn", "geolearn-release", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"]
 DEFAULT_TOOLS = ["geolearn", "torchvision", "sahi", "deepforest"]
 COMPETITORS = {"sahi", "deepforest", "deepforest-window"}  # run in the competitors' venv
 WHOLE_IMAGE = {"sahi", "deepforest"}  # load the whole raster into memory
+RELEASE = "abe6aaa"  # main before issue 17's first change (OpenMP's wait policy)
+BUSY_LOOP = "while True: pass"
 
 
 # ---------------------------------------------------------------------------- data and models
@@ -188,10 +198,11 @@ def _bf16_is_fast() -> bool:
 
 
 def child_geolearn(raster: Path, warmup: Path, package: Path) -> dict:
-    import torch
-
-    from geolearn.models.precision import resolve_precision
+    # geolearn before torch, as its docs ask: it sets OpenMP's wait policy before torch loads.
     from geolearn.learn.retinanet import RetinaNet
+    from geolearn.models.precision import resolve_precision
+
+    import torch
 
     model = RetinaNet.from_model(package)
     dtype = resolve_precision(None, torch.device("cpu"))  # what detect_objects does with the default
@@ -351,7 +362,7 @@ def child_main(args: argparse.Namespace) -> None:
         return
     raster, warmup, weights = Path(args.raster), Path(args.warmup), Path(args.weights)
     # stdout belongs to the tools (DeepForest and SAHI print); the figures go to a file.
-    if args.tool == "geolearn":
+    if args.tool in ("geolearn", "geolearn-release"):
         figures = child_geolearn(raster, warmup, Path(args.package))
     elif args.tool in ("torchvision", "torchvision-fp32"):
         figures = child_torchvision(raster, warmup, weights, bf16=args.tool == "torchvision")
@@ -382,7 +393,17 @@ def setup_competitors() -> None:
     subprocess.run([str(competitor_python()), "-m", "pip", "install", *COMPETITOR_PACKAGES], check=True)
 
 
-def run_tool(tool: str, raster: Path, warmup: Path, package: Path, weights: Path) -> dict:
+def release_checkout(ref: str) -> Path:
+    """geolearn's package as of git ``ref``, extracted once into ``benchmarks/_work/release-REF``."""
+    folder = WORK / f"release-{ref}"
+    if not (folder / "geolearn").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "geolearn"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
+def run_tool(tool: str, raster: Path, warmup: Path, package: Path, weights: Path, code: Path = REPO) -> dict:
     """One tool on one raster in a subprocess; its figures plus the child's peak RSS, or why it failed."""
     python = competitor_python() if tool in COMPETITORS else Path(sys.executable)
     if not python.exists():
@@ -396,7 +417,7 @@ def run_tool(tool: str, raster: Path, warmup: Path, package: Path, weights: Path
     if tool in COMPETITORS:
         env.pop("PYTHONPATH", None)  # nothing of geolearn's venv or checkout in the competitors' process
     command = [str(python), __file__, "--child", tool, "--raster", str(raster), "--warmup", str(warmup),
-               "--package", str(package), "--weights", str(weights), "--out", str(out)]
+               "--package", str(package), "--weights", str(weights), "--out", str(out), "--code", str(code)]
     print(f"  {tool} on {raster.name} ...", end=" ", flush=True)
     start = time.perf_counter()
     with open(log, "w") as log_file:
@@ -442,6 +463,9 @@ def main() -> None:
                              "hold the whole image in memory)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over all tools; the fastest run of each is shown (default 1)")
+    parser.add_argument("--release", default=RELEASE, help=f"git ref of geolearn-release (default {RELEASE})")
+    parser.add_argument("--busy", type=int, default=0, help="other processes kept busy during the run (default 0)")
+    parser.add_argument("--log", action="store_true", help=f"append the run to {RESULTS.relative_to(REPO)}")
     parser.add_argument("--quick", action="store_true", help="a short check that the script works")
     parser.add_argument("--setup-competitors", action="store_true",
                         help=f"create {COMPETITOR_VENV.relative_to(REPO)} with {' '.join(COMPETITOR_PACKAGES)}")
@@ -470,20 +494,48 @@ def main() -> None:
     print(f"RetinaNet ResNet-50 FPN, chip {CHIP} px, overlap {OVERLAP} px, batch {BATCH} (geolearn: its default), "
           f"threshold {THRESHOLD}, {os.cpu_count()} CPUs", flush=True)
 
+    code = {tool: REPO for tool in tools}
+    if "geolearn-release" in tools:
+        code["geolearn-release"] = release_checkout(args.release)
+        print(f"geolearn-release: geolearn as of {args.release}")
+    if args.busy:
+        print(f"{args.busy} other busy process(es) for the whole run")
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(args.busy)]
     runs: dict[tuple[str, int], list[dict]] = {}
     skipped: list[str] = []
-    for round_ in range(args.repeat):  # rounds, not back-to-back repeats: load from elsewhere hits every tool alike
-        for side, raster in rasters.items():
-            for tool in tools:
-                if side == large and side != size and tool != "geolearn" and not args.all_on_large:
-                    if round_ == 0:
-                        why = "it loads the whole image; " if tool in WHOLE_IMAGE else ""
-                        skipped.append(f"{tool} not run on {side} x {side}: {why}--all-on-large runs it")
-                    continue
-                runs.setdefault((tool, side), []).append(run_tool(tool, raster, warmup, package, weights))
+    try:
+        for round_ in range(args.repeat):  # rounds, not back-to-back repeats: load from elsewhere hits every tool alike
+            for side, raster in rasters.items():
+                for tool in tools:
+                    if side == large and side != size and tool != "geolearn" and not args.all_on_large:
+                        if round_ == 0:
+                            why = "it loads the whole image; " if tool in WHOLE_IMAGE else ""
+                            skipped.append(f"{tool} not run on {side} x {side}: {why}--all-on-large runs it")
+                        continue
+                    runs.setdefault((tool, side), []).append(run_tool(tool, raster, warmup, package, weights,
+                                                                      code[tool]))
+    finally:
+        for process in busy:
+            process.kill()
     results = [(tool, side, best_of(tool_runs)) for (tool, side), tool_runs in runs.items()]
 
     report(results, skipped, size, large)
+    if args.log:
+        log_run(results, args)
+
+
+def log_run(results: list[tuple[str, int, dict]], args: argparse.Namespace) -> None:
+    """Appends the run to ``benchmarks/results/detect.jsonl``: per tool and raster its seconds, MP/s,
+    boxes and peak RSS (the fastest of the rounds), with the machine, the commit and the load."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from runlog import append, git_commit, machine
+
+    figures = {f"{tool} {side}": {key: r[key] for key in ("seconds", "mp_s", "boxes", "peak_rss_mib", "precision")}
+               for tool, side, r in results if "error" not in r}
+    append(RESULTS, {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
+                     "commit": git_commit("benchmarks/detect.py"), "machine": machine(), "busy": args.busy,
+                     "release": args.release if "geolearn-release" in (args.tools or "") else None,
+                     "rounds": args.repeat, "results": figures})
 
 
 def report(results: list[tuple[str, int, dict]], skipped: list[str], size: int, large: int) -> None:
@@ -514,11 +566,12 @@ def report(results: list[tuple[str, int, dict]], skipped: list[str], size: int, 
     print()
     geolearn = ok.get(("geolearn", size))
     if geolearn is not None:
-        for tool in ("torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"):
+        for tool in ("geolearn-release", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"):
             other = ok.get((tool, size))
             if other is None:
                 continue
-            goal = " (goal >= 3)" if tool in ("sahi", "deepforest") else ""
+            goal = {"sahi": " (goal >= 3)", "deepforest": " (goal >= 3)",
+                    "geolearn-release": " (goal >= 1.5 beside a busy process, >= 1 idle)"}.get(tool, "")
             print(f"throughput geolearn / {tool} ({other['precision']}) on {size} x {size}: "
                   f"{geolearn['mp_s'] / other['mp_s']:.2f}x{goal}; peak RSS geolearn / {tool}: "
                   f"{geolearn['peak_rss_mib'] / other['peak_rss_mib']:.2f}")
@@ -540,11 +593,11 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_parser = argparse.ArgumentParser()
         child_parser.add_argument("--child", dest="tool")
-        for option in ("--raster", "--warmup", "--package", "--weights", "--out"):
+        for option in ("--raster", "--warmup", "--package", "--weights", "--out", "--code"):
             child_parser.add_argument(option)
         child_args = child_parser.parse_args()
-        if child_args.tool in ("geolearn", "torchvision", "torchvision-fp32", "prepare"):
-            sys.path.insert(0, str(REPO))  # geolearn from the checkout, without installing
+        if child_args.tool in ("geolearn", "geolearn-release", "torchvision", "torchvision-fp32", "prepare"):
+            sys.path.insert(0, child_args.code or str(REPO))  # geolearn from a checkout, without installing
         child_main(child_args)
         # Skip interpreter teardown: unloading torch briefly adds RSS that has nothing to do with
         # the run being measured (as in bench_export.py).
