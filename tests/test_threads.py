@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import firing_retinanet
+from conftest import firing_retinanet
 
 REPO = Path(__file__).resolve().parents[1]
 SPINS = "import torch; torch.ones(2) + 1"  # loads torch and its OpenMP pool

@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from geolearn.atomic import atomic_write
 from geolearn.data.dataset import ChipDataset
 from geolearn.learn import distributed
+from geolearn.learn.batchnorm import sync_batch_norms
 from geolearn.errors import TrainingDivergedError
 from geolearn.learn.evaluation import DetectionSettings, batch_detections, batch_targets
 from geolearn.metrics import average_precision, mean_average_precision
@@ -435,8 +436,9 @@ class ShardedDL(TfmdDL):
 class DistributedTraining(Callback):
     """Trains ``learn.model`` data-parallel over the joined process group (:mod:`geolearn.learn.distributed`).
 
-    Before fitting it wraps the model in ``DistributedDataParallel`` and shards the training
-    and validation loaders (:class:`ShardedDL`); each validation pass runs the bare model over
+    Before fitting it makes the model's BatchNorm layers take their statistics over every
+    rank's chips (:mod:`geolearn.learn.batchnorm`), wraps it in ``DistributedDataParallel`` and
+    shards the training and validation loaders (:class:`ShardedDL`); each validation pass runs the bare model over
     this rank's batches, then gathers the loss sums and the detections, so that every rank
     holds the whole validation set's figures before fastai's ``Recorder`` reads them. After
     fitting the bare model is back in ``learn.model``.
@@ -455,9 +457,10 @@ class DistributedTraining(Callback):
         self.device = device
 
     def before_fit(self) -> None:
-        """Wraps the model, agrees on a shuffle seed and shards the loaders."""
+        """Syncs the BatchNorm layers, wraps the model, agrees on a shuffle seed and shards the loaders."""
         world, me = distributed.world_size(), distributed.rank()
         self.bare = self.learn.model
+        self.unsync = sync_batch_norms(self.bare)  # statistics over the whole step's chips, as in one process
         self.ddp = DistributedDataParallel(self.bare, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.learn.model = self.ddp
         train, valid = self.dls.train, self.dls.valid
@@ -498,8 +501,9 @@ class DistributedTraining(Callback):
             _gather_metric(metric)
 
     def after_fit(self) -> None:
-        """Puts the bare model, with rank 0's BatchNorm statistics, back in ``learn.model``."""
+        """Puts the bare model, with plain BatchNorm layers and rank 0's statistics, back in ``learn.model``."""
         self.learn.model = self.bare
+        self.unsync()
         distributed.broadcast_module(self.bare, buffers_only=True)
 
 

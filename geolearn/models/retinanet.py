@@ -121,8 +121,10 @@ def _joint_batch_norm(norm: nn.BatchNorm2d, xs: Sequence[Tensor]) -> list[Tensor
         norm.num_batches_tracked.add_(1)
         if momentum is None:  # a cumulative average, as nn.BatchNorm2d does with momentum=None
             momentum = 1.0 / float(norm.num_batches_tracked)
-    joint = F.batch_norm(rows, norm.running_mean, norm.running_var, norm.weight, norm.bias,
-                         training=True, momentum=momentum or 0.0, eps=norm.eps)
+    # A layer may take its statistics elsewhere (geolearn.learn.batchnorm: over every process's chips).
+    batch_norm = getattr(norm, "batch_norm", F.batch_norm)
+    joint = batch_norm(rows, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                       training=True, momentum=momentum or 0.0, eps=norm.eps)
     parts = joint.split([x.numel() // x.shape[1] for x in xs])
     return [part.view(x.shape[0], x.shape[2], x.shape[3], x.shape[1]).permute(0, 3, 1, 2)
             for part, x in zip(parts, xs)]
