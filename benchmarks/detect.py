@@ -472,6 +472,10 @@ def main() -> None:
     args = parser.parse_args()
 
     WORK.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from runlog import git_commit
+
+    commit = git_commit("benchmarks/detect.py")  # the code this run starts with
     if args.setup_competitors:
         setup_competitors()
         return
@@ -521,19 +525,18 @@ def main() -> None:
 
     report(results, skipped, size, large)
     if args.log:
-        log_run(results, args)
+        log_run(results, args, commit)
 
 
-def log_run(results: list[tuple[str, int, dict]], args: argparse.Namespace) -> None:
+def log_run(results: list[tuple[str, int, dict]], args: argparse.Namespace, commit: str) -> None:
     """Appends the run to ``benchmarks/results/detect.jsonl``: per tool and raster its seconds, MP/s,
     boxes and peak RSS (the fastest of the rounds), with the machine, the commit and the load."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from runlog import append, git_commit, machine
+    from runlog import append, machine
 
     figures = {f"{tool} {side}": {key: r[key] for key in ("seconds", "mp_s", "boxes", "peak_rss_mib", "precision")}
                for tool, side, r in results if "error" not in r}
     append(RESULTS, {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
-                     "commit": git_commit("benchmarks/detect.py"), "machine": machine(), "busy": args.busy,
+                     "commit": commit, "machine": machine(), "busy": args.busy,
                      "release": args.release if "geolearn-release" in (args.tools or "") else None,
                      "rounds": args.repeat, "results": figures})
 

@@ -85,6 +85,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from runlog import append, git_commit, machine
 
+    commit = git_commit("benchmarks/threads.py")  # the code this run starts with
     table = {"idle": measure(args.rounds, args.batches)}
     busy = subprocess.Popen([sys.executable, "-c", BUSY])
     try:
@@ -103,7 +104,7 @@ def main() -> None:
         summary[load]["default_over_passive"] = round(medians["default"] / medians["PASSIVE"], 3)
     if args.log:
         append(RESULTS, {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
-                         "commit": git_commit("benchmarks/threads.py"), "machine": machine(),
+                         "commit": commit, "machine": machine(),
                          "network": "RetinaNet ResNet-50 FPN, 512 px, batch 4, forward, bf16 where fast",
                          "busy": "one Python loop on one core", "results": summary})
 

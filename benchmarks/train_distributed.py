@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="torch's seed for both runs (the weights' start)")
     parser.add_argument("--log", action="store_true", help=f"append the row to {LOG.relative_to(REPO)}")
     args = parser.parse_args()
+    commit = runlog.git_commit("benchmarks/train_distributed.py")  # the code this run starts with
     cores = os.cpu_count() or 1
     chips = sample_chips()
     one = run(1, cores, chips, args.epochs, args.seed)
@@ -124,7 +125,7 @@ def main() -> None:
     if args.log:
         runlog.append(LOG, {
             "command": "python benchmarks/train_distributed.py " + " ".join(sys.argv[1:]),
-            "commit": runlog.git_commit("benchmarks/train_distributed.py"), "time": time.strftime("%Y-%m-%d %H:%M"),
+            "commit": commit, "time": time.strftime("%Y-%m-%d %H:%M"),
             "machine": machine, "epochs": args.epochs, "seed": args.seed, "one_process": one, "processes": many, "ratio": round(ratio, 3),
         })
 

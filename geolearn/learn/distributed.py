@@ -10,6 +10,8 @@ Each copy finds ``WORLD_SIZE``, ``RANK`` and the rendezvous address in its envir
   processes, so an epoch has as many steps as in one process, gradients are averaged over the
   same chips, and a learning rate (given or found) means what it means in one process. To give
   each process more chips, raise ``batch_size`` (and the rate with it, as for one process).
+- **BatchNorm over the whole step's chips**: each process's share alone would give statistics of
+  ``batch_size / N`` chips; :mod:`geolearn.learn.batchnorm` all-reduces them, on CPU too.
 - **Every training chip once per epoch**: the chips are shuffled alike on every rank and dealt
   out without padding (:func:`training_steps`).
 - **Validation is the single-process figure on every rank**: validation batches are dealt out
@@ -22,7 +24,7 @@ Each copy finds ``WORLD_SIZE``, ``RANK`` and the rendezvous address in its envir
 Why not fastai's ``distrib_ctx``: ``fastai.distributed`` imports ``accelerate`` (not a geolearn
 dependency); its ``DistributedDL`` broadcasts the shuffle order with ``.cuda()`` (nccl only) and
 pads the shards with repeated chips; ``setup_distrib`` assumes nccl; ``sync_bn`` converts to
-``SyncBatchNorm``, which runs on CUDA only. fastai also reads ``WORLD_SIZE``/``RANK`` itself, and
+``SyncBatchNorm``, which runs on CUDA only (and misses the heads' joint normalisation). fastai also reads ``WORLD_SIZE``/``RANK`` itself, and
 then all-gathers every batch's loss (which hangs as soon as ranks run different batch counts, as
 two LR range tests do) and skips saving on ranks > 0 (which breaks ``lr_find``'s weight restore
 there). So fastai runs with those two variables hidden (:func:`fastai_single_process`), and
