@@ -8,12 +8,13 @@ average precision against one process (benchmarks/results/train_distributed.json
 heads normalise all pyramid levels jointly through ``F.batch_norm`` (``_joint_batch_norm`` in
 :mod:`geolearn.models.retinanet`), which no module swap reaches.
 
-:func:`synced_batch_norm` has ``F.batch_norm``'s signature: in training it sums each channel's
-values and squared deviations over every process (``torch.distributed.nn.functional.all_reduce``,
-whose backward all-reduces the gradients, so the gradient is that of one process holding every
-chip) and normalises with those; otherwise it is ``F.batch_norm``. :class:`SyncedBatchNorm2d` is
-``nn.BatchNorm2d`` calling it, and :func:`sync_batch_norms` turns a model's BatchNorm layers into
-it for the length of a fit, keeping the same parameters, buffers and state_dict names.
+:func:`synced_batch_norm` has ``F.batch_norm``'s signature: in training it all-reduces each
+channel's count, sum and sum of squares, normalises with the joint statistics through torch's
+own kernel, and its backward all-reduces the two per-channel sums the input gradient needs, so
+the gradient is that of one process holding every chip; otherwise it is ``F.batch_norm``.
+:class:`SyncedBatchNorm2d` is ``nn.BatchNorm2d`` calling it, and :func:`sync_batch_norms` turns a
+model's BatchNorm layers into it for the length of a fit, keeping the same parameters, buffers
+and state_dict names.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributed.nn.functional import all_reduce
 
 __all__ = ["synced_batch_norm", "SyncedBatchNorm2d", "sync_batch_norms"]
 
@@ -33,32 +34,67 @@ def synced_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: T
                       momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """``F.batch_norm`` whose training statistics are those of every process's ``input`` together.
 
-    ``input`` is ``[N, C, ...]``; statistics run over every dimension but ``C``, in float32 (the
-    result comes back in ``input``'s dtype). The running statistics move towards the joint mean
-    and the joint unbiased variance, alike on every process. Collective: every process of the
-    group must call it with the same ``C``. Outside training it is ``F.batch_norm``.
+    ``input`` is ``[N, C, ...]``; statistics run over every dimension but ``C``. The running
+    statistics move towards the joint mean and the joint unbiased variance, alike on every
+    process. Collective: every process of the group must call it with the same ``C``. Outside
+    training it is ``F.batch_norm``.
     """
     if not training:
         return F.batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
-    dims = [d for d in range(input.ndim) if d != 1]
-    shape = [1, -1] + [1] * (input.ndim - 2)
-    values = input.float()
-    count = torch.tensor([values.numel() // values.shape[1]], dtype=values.dtype, device=values.device)
-    totals = all_reduce(torch.cat([values.sum(dims), count]))
-    n = totals[-1]
-    mean = totals[:-1] / n
-    centred = values - mean.view(shape)
-    var = all_reduce(centred.square().sum(dims)) / n  # two passes: steadier than E[x²] - E[x]²
+    channels = input.shape[1]
+    if weight is None:
+        weight = torch.ones(channels, device=input.device)
+    if bias is None:
+        bias = torch.zeros(channels, device=input.device)
+    mean, var, n = _joint_statistics(input)
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
-            running_mean.lerp_(mean.detach().to(running_mean.dtype), momentum)
-            running_var.lerp_((var.detach() * n / (n - 1).clamp(min=1)).to(running_var.dtype), momentum)
-    out = centred * torch.rsqrt(var + eps).view(shape)
-    if weight is not None:
-        out = out * weight.view(shape)
-    if bias is not None:
-        out = out + bias.view(shape)
-    return out.to(input.dtype)
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            running_var.lerp_((var * n / max(n - 1, 1)).to(running_var.dtype), momentum)
+    return _SyncedNormalize.apply(input, weight, bias, mean, var, eps, n)
+
+
+def _joint_statistics(input: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Per channel, the float32 mean and biased variance of every process's ``input``, and the count.
+
+    Each process's own ``var_mean`` (one pass), then one all-reduce of (n, n·mean, n·(var + mean²))
+    in float64, where the combination's cancellation costs nothing.
+    """
+    dims = [d for d in range(input.ndim) if d != 1]
+    var, mean = torch.var_mean(input.detach().float(), dims, correction=0)
+    n = input.numel() // input.shape[1]
+    packed = torch.stack([torch.full_like(mean, n), n * mean, n * (var + mean.square())]).double()
+    dist.all_reduce(packed)
+    total, first, second = packed
+    joint_mean = first / total
+    return joint_mean.float(), (second / total - joint_mean.square()).clamp(min=0).float(), int(total[0])
+
+
+class _SyncedNormalize(torch.autograd.Function):
+    """``(x - mean) · invstd · weight + bias`` with joint statistics, and the gradient of one process
+    holding every chip: the input gradient all-reduces the per-channel sums of ``dy`` and
+    ``dy · x̂`` (as torch's CUDA ``SyncBatchNorm`` does); the weight and bias gradients stay this
+    process's share (``DistributedDataParallel`` then averages them)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor, eps: float, n: int) -> Tensor:
+        ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + eps))
+        ctx.n = n
+        # The normalisation itself is torch's kernel, given the joint statistics.
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, weight, mean, invstd = ctx.saved_tensors
+        dims = [d for d in range(x.ndim) if d != 1]
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        x_hat = (x.float() - mean.view(shape)) * invstd.view(shape)
+        dy = dy.float()
+        sum_dy, sum_dy_x_hat = dy.sum(dims), (dy * x_hat).sum(dims)
+        joint = torch.stack([sum_dy, sum_dy_x_hat])
+        dist.all_reduce(joint)
+        dx = (dy - joint[0].view(shape) / ctx.n - x_hat * (joint[1].view(shape) / ctx.n)) * (weight * invstd).view(shape)
+        return dx.to(x.dtype), sum_dy_x_hat.to(weight.dtype), sum_dy.to(weight.dtype), None, None, None, None
 
 
 class SyncedBatchNorm2d(nn.BatchNorm2d):
