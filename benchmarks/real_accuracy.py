@@ -60,6 +60,7 @@ import ast
 import dataclasses
 import json
 import math
+import re
 import shlex
 import shutil
 import sys
@@ -580,6 +581,9 @@ def write_docs(path: Path) -> None:
     path.write_text(f"{head}{DOCS_BEGIN}\n{generated_docs()}\n{DOCS_END}{rest.split(DOCS_END, 1)[1]}")
 
 
+SAVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # what RetinaNet.save accepts as a package name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--neon", type=Path, default=REPO.parent / "shared" / "data" / "neon")
@@ -611,6 +615,9 @@ def main() -> None:
     if args.write_docs:
         write_docs(args.write_docs)
         return
+    if args.label and not args.from_model and not SAVE_NAME.match(args.label):
+        # Checked now, not when the trained model is saved under it half an hour later.
+        parser.error(f"--label {args.label!r} names the saved model's folder: use letters, digits, '_', '-' and '.'")
     warnings.simplefilter("ignore")
     settings = parse_settings(args.settings)
     if args.seed:  # another draw of the same recipe: the weights, the split, the crops, the order
