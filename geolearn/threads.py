@@ -7,7 +7,9 @@ server, a VM with other jobs) the spinning threads take time slices from the pro
 the core, and the pool then waits for its own descheduled threads. ``OMP_WAIT_POLICY=PASSIVE``
 makes them sleep at once. ``benchmarks/threads.py`` measured it on 2 cores of an AMD EPYC
 (RetinaNet ResNet-50, 512 px, batch 4, bf16 forward): 1.33 times as fast beside one busy process
-(3.00 against 2.26 s a batch) and within a few per cent idle (1.18 against 1.24 s; docs/performance.md).
+(3.00 against 2.26 s a batch) and within a few per cent idle (1.18 against 1.24 s); the whole
+detection pipeline ran 1.76 times as fast beside a busy process and 7 % slower idle
+(docs/performance.md).
 
 libgomp reads the variable once, when torch loads it. So the choice is made where geolearn is
 first imported: :func:`prefer_passive_waiting` puts ``OMP_WAIT_POLICY=PASSIVE`` in the
