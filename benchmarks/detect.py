@@ -57,6 +57,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -398,8 +399,13 @@ def release_checkout(ref: str) -> Path:
     folder = WORK / f"release-{ref}"
     if not (folder / "geolearn").is_dir():
         folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / "geolearn.partial"  # renamed once whole: a killed extraction is redone
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
         archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "geolearn"], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+        subprocess.run(["tar", "-x", "-C", str(partial)], input=archive.stdout, check=True)
+        (partial / "geolearn").rename(folder / "geolearn")
+        partial.rmdir()
     return folder
 
 
