@@ -1,18 +1,19 @@
 """OpenMP's wait policy on an idle and on a busy machine: the network's speed, one run.
 
-    python benchmarks/threads.py [--batches 6] [--rounds 2] [--log]
+    python benchmarks/threads.py [--batches 6] [--rounds 2] [--spin N ...] [--log]
 
 PyTorch's CPU kernels run on an OpenMP pool (GNU libgomp in the Linux wheels). Between two
 parallel regions its threads spin-wait by default; on a shared machine, where another process
 wants a core, the spinning threads take its time slices and the pool waits for each other.
-``OMP_WAIT_POLICY=PASSIVE`` makes them sleep instead. libgomp reads the variable once, when torch
-loads it, so each setting runs in its own fresh process.
+``OMP_WAIT_POLICY=PASSIVE`` makes them sleep instead; ``GOMP_SPINCOUNT=N`` (``--spin N``, policy
+unset) lets them spin N turns first (libgomp's default is 300 000, about 3 ms). libgomp reads
+both once, when torch loads it, so each setting runs in its own fresh process.
 
 What is timed: RetinaNet ResNet-50 FPN (geolearn's network, random weights), 512 px, batch 4,
 forward only, bf16 autocast where the CPU is fast at it, channels_last — seconds per batch
-(median of ``--batches`` after one warm-up batch). Each wait policy runs ``--rounds`` times,
+(median of ``--batches`` after one warm-up batch). Each setting runs ``--rounds`` times,
 alternating, on an idle machine and then beside one busy process (a Python loop on one core);
-the ratios default / policy are from this one run. ``--log`` appends the run to
+the ratios default / setting are from this one run. ``--log`` appends the run to
 ``benchmarks/results/threads.jsonl``.
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "threads.jsonl"
-POLICIES = {"default": None, "PASSIVE": "PASSIVE"}  # None: the variable unset, libgomp's own default
+OPENMP_WAITING = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # unset in every child, then set per setting
 BUSY = "while True: pass"
 
 
@@ -55,21 +56,25 @@ def worker(batches: int) -> None:
     print(json.dumps({"seconds": seconds[1:], "threads": torch.get_num_threads(), "dtype": str(dtype)}))
 
 
-def timed(policy: str | None, batches: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
+def settings(spins: list[int]) -> dict[str, dict[str, str]]:
+    """Each setting's name and the variables it sets; "default" sets none (libgomp's own default)."""
+    return {"default": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+            **{f"spin {n}": {"GOMP_SPINCOUNT": str(n)} for n in spins}}
+
+
+def timed(variables: dict[str, str], batches: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAITING} | variables
     done = subprocess.run([sys.executable, __file__, "--worker", "--batches", str(batches)], env=env,
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(rounds: int, batches: int) -> dict[str, list[float]]:
-    """Per policy, every timed batch's seconds over ``rounds`` alternating runs."""
-    seconds: dict[str, list[float]] = {name: [] for name in POLICIES}
+def measure(chosen: dict[str, dict[str, str]], rounds: int, batches: int) -> dict[str, list[float]]:
+    """Per setting, every timed batch's seconds over ``rounds`` alternating runs."""
+    seconds: dict[str, list[float]] = {name: [] for name in chosen}
     for _ in range(rounds):
-        for name, policy in POLICIES.items():
-            seconds[name] += timed(policy, batches)["seconds"]
+        for name, variables in chosen.items():
+            seconds[name] += timed(variables, batches)["seconds"]
     return seconds
 
 
@@ -78,6 +83,8 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--spin", type=int, nargs="*", default=[],
+                        help="also time GOMP_SPINCOUNT=N (wait policy unset) for each N")
     parser.add_argument("--log", action="store_true", help=f"append the run to {RESULTS.relative_to(REPO)}")
     args = parser.parse_args()
     if args.worker:
@@ -86,10 +93,11 @@ def main() -> None:
     from runlog import append, git_commit, machine
 
     commit = git_commit("benchmarks/threads.py")  # the code this run starts with
-    table = {"idle": measure(args.rounds, args.batches)}
+    chosen = settings(args.spin)
+    table = {"idle": measure(chosen, args.rounds, args.batches)}
     busy = subprocess.Popen([sys.executable, "-c", BUSY])
     try:
-        table["busy"] = measure(args.rounds, args.batches)
+        table["busy"] = measure(chosen, args.rounds, args.batches)
     finally:
         busy.kill()
     summary = {}
@@ -100,8 +108,9 @@ def main() -> None:
                                 "max_s": round(max(by_policy[name]), 3)} for name, m in medians.items()}
         cells = "  ".join(f"{name} {m:.2f} ({min(by_policy[name]):.2f}-{max(by_policy[name]):.2f})"
                           for name, m in medians.items())
-        print(f"{load:5s} {cells}  default/PASSIVE {medians['default'] / medians['PASSIVE']:.2f}x")
-        summary[load]["default_over_passive"] = round(medians["default"] / medians["PASSIVE"], 3)
+        ratios = {name: medians["default"] / m for name, m in medians.items() if name != "default"}
+        print(f"{load:5s} {cells}  default/setting " + "  ".join(f"{n} {r:.2f}x" for n, r in ratios.items()))
+        summary[load]["default_over"] = {name: round(r, 3) for name, r in ratios.items()}
     if args.log:
         append(RESULTS, {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
                          "commit": commit, "machine": machine(),
