@@ -30,6 +30,8 @@ at confidence 0.5 and adjacent windows overlapping by 128 px (25 %):
   with Lightning's ``precision='bf16-mixed'`` (``create_trainer``) DeepForest 2.1 fails on the
   bfloat16 boxes.
   ``deepforest-window`` (not run by default) is its streaming ``dataloader_strategy='window'``.
+* ``geolearn-compiled`` (not run by default): ``geolearn`` with ``detect_objects(..., compiled=True)``;
+  its seconds include compiling the network (from inductor's disk cache after the first run).
 * ``geolearn-release`` (not run by default): ``geolearn`` as of ``--release REF`` (default
   ``RELEASE``, main before issue 17's speed work), taken from git with ``git archive`` into
   ``benchmarks/_work/release-REF``: the "against its current release" figure, in the same run.
@@ -86,7 +88,7 @@ TILE_OFFSET = 256  # where the crop starts in the 2560 x 2560 sample scene (all 
 # raster as geolearn's network (1467 against 1405), so both merge as much.
 TORCHVISION_CLS_BIAS = -0.47
 
-ALL_TOOLS = ["geolearn", "geolearn-release", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"]
+ALL_TOOLS = ["geolearn", "geolearn-compiled", "geolearn-release", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"]
 DEFAULT_TOOLS = ["geolearn", "torchvision", "sahi", "deepforest"]
 COMPETITORS = {"sahi", "deepforest", "deepforest-window"}  # run in the competitors' venv
 WHOLE_IMAGE = {"sahi", "deepforest"}  # load the whole raster into memory
@@ -198,7 +200,7 @@ def _bf16_is_fast() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def child_geolearn(raster: Path, warmup: Path, package: Path) -> dict:
+def child_geolearn(raster: Path, warmup: Path, package: Path, compiled: bool = False) -> dict:
     # geolearn before torch, as its docs ask: it sets OpenMP's wait policy before torch loads.
     from geolearn.learn.retinanet import RetinaNet
     from geolearn.models.precision import resolve_precision
@@ -207,10 +209,11 @@ def child_geolearn(raster: Path, warmup: Path, package: Path) -> dict:
 
     model = RetinaNet.from_model(package)
     dtype = resolve_precision(None, torch.device("cpu"))  # what detect_objects does with the default
-    model.detect_objects(warmup, progress=False)
+    options = {"compiled": True} if compiled else {}  # the release has no such argument
+    model.detect_objects(warmup, progress=False, **options)
     ready = _rss_mib()
     start = time.perf_counter()
-    frame = model.detect_objects(raster, progress=False)
+    frame = model.detect_objects(raster, progress=False, **options)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "boxes": len(frame), "rss_ready_mib": ready,
                 "precision": "bf16" if dtype == torch.bfloat16 else "fp32", "version": _version("geolearn")}
@@ -363,8 +366,8 @@ def child_main(args: argparse.Namespace) -> None:
         return
     raster, warmup, weights = Path(args.raster), Path(args.warmup), Path(args.weights)
     # stdout belongs to the tools (DeepForest and SAHI print); the figures go to a file.
-    if args.tool in ("geolearn", "geolearn-release"):
-        figures = child_geolearn(raster, warmup, Path(args.package))
+    if args.tool in ("geolearn", "geolearn-compiled", "geolearn-release"):
+        figures = child_geolearn(raster, warmup, Path(args.package), compiled=args.tool == "geolearn-compiled")
     elif args.tool in ("torchvision", "torchvision-fp32"):
         figures = child_torchvision(raster, warmup, weights, bf16=args.tool == "torchvision")
     elif args.tool == "sahi":
@@ -575,7 +578,7 @@ def report(results: list[tuple[str, int, dict]], skipped: list[str], size: int, 
     print()
     geolearn = ok.get(("geolearn", size))
     if geolearn is not None:
-        for tool in ("geolearn-release", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"):
+        for tool in ("geolearn-compiled", "geolearn-release", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"):
             other = ok.get((tool, size))
             if other is None:
                 continue
@@ -584,6 +587,10 @@ def report(results: list[tuple[str, int, dict]], skipped: list[str], size: int, 
             print(f"throughput geolearn / {tool} ({other['precision']}) on {size} x {size}: "
                   f"{geolearn['mp_s'] / other['mp_s']:.2f}x{goal}; peak RSS geolearn / {tool}: "
                   f"{geolearn['peak_rss_mib'] / other['peak_rss_mib']:.2f}")
+    compiled, release = ok.get(("geolearn-compiled", size)), ok.get(("geolearn-release", size))
+    if compiled is not None and release is not None:
+        print(f"throughput geolearn-compiled / geolearn-release on {size} x {size}: "
+              f"{compiled['mp_s'] / release['mp_s']:.2f}x")
     if large and large != size:
         for tool in ALL_TOOLS:
             small_run, large_run = ok.get((tool, size)), ok.get((tool, large))
@@ -605,7 +612,7 @@ if __name__ == "__main__":
         for option in ("--raster", "--warmup", "--package", "--weights", "--out", "--code"):
             child_parser.add_argument(option)
         child_args = child_parser.parse_args()
-        if child_args.tool in ("geolearn", "geolearn-release", "torchvision", "torchvision-fp32", "prepare"):
+        if child_args.tool in ("geolearn", "geolearn-compiled", "geolearn-release", "torchvision", "torchvision-fp32", "prepare"):
             sys.path.insert(0, child_args.code or str(REPO))  # geolearn from a checkout, without installing
         child_main(child_args)
         # Skip interpreter teardown: unloading torch briefly adds RSS that has nothing to do with

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -165,3 +166,14 @@ def firing_retinanet(data, seed: int):
         regressor = model.model.box_regressor[-1]
         regressor.weight.copy_(torch.randn(regressor.weight.shape, generator=generator) * 0.01)
     return model
+
+
+def benchmark_module(name: str):
+    """``benchmarks/<name>.py`` imported by its path; the test is skipped outside a source checkout."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    if not path.exists():
+        pytest.skip("run from a source checkout")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

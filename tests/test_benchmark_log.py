@@ -7,11 +7,12 @@ would put wrong figures into the docs without a run noticing.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import benchmark_module
 
 REPO = Path(__file__).resolve().parents[1]
 NEON = REPO.parent / "shared" / "data" / "neon"
@@ -19,13 +20,7 @@ NEON = REPO.parent / "shared" / "data" / "neon"
 
 @pytest.fixture(scope="module")
 def bench():
-    path = REPO / "benchmarks" / "real_accuracy.py"
-    if not path.exists():
-        pytest.skip("run from a source checkout")
-    spec = importlib.util.spec_from_file_location("real_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("real_accuracy")
 
 
 def record(bench, epochs: int, changed: dict, aps: tuple[float, float, float], method: str = "geolearn") -> dict:

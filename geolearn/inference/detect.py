@@ -107,6 +107,8 @@ MODEL_ARGUMENTS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "class_agnostic": (_parse_bool, "suppress and join overlapping detections whatever their class; default False"),
     "test_time_augmentation": (_parse_bool, "run each window in its 8 orientations and fuse the boxes (8 times the "
                                             "time); default False"),
+    "compiled": (_parse_bool, "run the network compiled by torch.compile: faster after a compilation of 10-60 s "
+                              "(cached on disk); default False"),
 }
 
 # Files a folder given as ``input_raster`` contributes (GDAL reads more; these are the usual ones).
@@ -129,8 +131,8 @@ def parse_model_arguments(model_arguments: Mapping[str, Any] | None) -> dict[str
     Args:
         model_arguments: keys of :data:`MODEL_ARGUMENTS` (``padding``, ``threshold``,
             ``nms_overlap``, ``batch_size``, ``exclude_pad_detections``, ``merge``,
-            ``class_agnostic``, ``test_time_augmentation``); values as Python values or as ArcGIS's strings (``"0.5"``,
-            ``"True"``). None: the model's defaults.
+            ``class_agnostic``, ``test_time_augmentation``, ``compiled``); values as Python values
+            or as ArcGIS's strings (``"0.5"``, ``"True"``). None: the model's defaults.
 
     Returns:
         The arguments with values converted; keys not given are left out (the model's defaults apply).

@@ -87,6 +87,7 @@ def predict_image(
     batch_size: int = 1,
     autocast_dtype: torch.dtype | None = None,
     test_time_augmentation: bool = False,
+    compiled: bool = False,
 ) -> ImageDetections:
     """Detections in one image of any size, boxes in the image's pixels (``RetinaNet.predict``).
 
@@ -101,6 +102,7 @@ def predict_image(
         batch_size: windows per forward pass.
         test_time_augmentation: fuse each window's 8 orientations (8 times the time).
         autocast_dtype: e.g. ``torch.bfloat16``; None runs the network as it is.
+        compiled: run the network compiled (:func:`~geolearn.inference.runner.network_runner`).
 
     Returns:
         :class:`~geolearn.inference.window_merge.ImageDetections` in image pixels, best first.
@@ -132,7 +134,7 @@ def predict_image(
         image = torch.nn.functional.interpolate(image[None], size=seen, mode="bilinear", align_corners=False)[0]
     found = predict_tiles(network, image, anchors, size, score_thresh=threshold, nms_overlap=nms_overlap,
                           batch_size=batch_size, autocast_dtype=autocast_dtype,
-                          test_time_augmentation=test_time_augmentation)
+                          test_time_augmentation=test_time_augmentation, compiled=compiled)
     if seen == (height, width):
         return found
     scale = torch.tensor([width / seen[1], height / seen[0]] * 2)
@@ -158,6 +160,7 @@ def detect_raster_objects(
     overwrite: bool = False,
     autocast_dtype: torch.dtype | None = None,
     test_time_augmentation: bool = False,
+    compiled: bool = False,
 ) -> gpd.GeoDataFrame:
     """Georeferenced detections over a whole raster (``RetinaNet.detect_objects``, which documents the arguments).
 
@@ -182,6 +185,7 @@ def detect_raster_objects(
         overwrite: replace an existing ``out_path``.
         test_time_augmentation: fuse each window's 8 orientations (8 times the time).
         autocast_dtype: e.g. ``torch.bfloat16``; None runs the network as it is.
+        compiled: run the network compiled (:func:`~geolearn.inference.runner.network_runner`).
 
     Returns:
         ``GeoDataFrame`` in the raster's CRS: ``Class``, ``Confidence`` (score × 100), polygons.
@@ -202,7 +206,7 @@ def detect_raster_objects(
         batch_size = default_batch_size(next(network.parameters()).device.type)
     run_batch = network_runner(network, anchors, size, score_thresh=threshold, nms_overlap=nms_overlap,
                                class_agnostic=class_agnostic, autocast_dtype=autocast_dtype,
-                               test_time_augmentation=test_time_augmentation)
+                               test_time_augmentation=test_time_augmentation, compiled=compiled)
     # Windows of raster pixels that enlarge to the chip size when the model was trained on
     # enlarged chips (zoom = resize_to / exported chip side); padding scales with them.
     window = config.window_size

@@ -27,6 +27,7 @@ from geolearn.inference.defaults import (
 )
 from geolearn.inference.window_merge import ImageDetections, merge_windows, window_detections
 from geolearn.inference.windows import RunBatch, _padded_hwc, crop_windows, plan_windows
+from geolearn.models.compiled import CompiledNetwork
 from geolearn.models.postprocess import Detections, detect
 from geolearn.models.tta import VIEW_THRESH as TTA_VIEW_THRESH, augmented_runner
 
@@ -126,6 +127,7 @@ def network_runner(
     class_agnostic: bool = False,
     autocast_dtype: torch.dtype | None = None,
     test_time_augmentation: bool = False,
+    compiled: bool = False,
 ) -> RunBatch:
     """A RetinaNet network as a ``run_batch``: crops → per-crop detections in chip pixels.
 
@@ -150,6 +152,10 @@ def network_runner(
             default): as is.
         test_time_augmentation: run each crop in its 8 orientations and fuse the views' boxes
             (:func:`~geolearn.models.tta.augmented_runner`); 8 times the work. Default False.
+        compiled: run the network compiled by ``torch.compile`` with its weights frozen in
+            (:class:`~geolearn.models.compiled.CompiledNetwork`: compiled at the first batch,
+            uncompiled with a warning where that fails). The weights must not change while
+            ``run_batch`` is used. Default False.
 
     Returns:
         ``run_batch(crops: Tensor[B, C, S, S]) -> list[Detections]``; it raises ValueError when
@@ -171,7 +177,8 @@ def network_runner(
     # ~10 % of a ResNet-50 window's time. Casting them once, here, gives the very same numbers.
     # (Taken at the first batch, once the caller has set the model's memory format.)
     cast_weights: dict[str, Tensor] | None = None
-    cast_once = autocast_dtype is torch.bfloat16 and device.type == "cpu"
+    cast_once = autocast_dtype is torch.bfloat16 and device.type == "cpu" and not compiled  # compiling folds casts
+    network = CompiledNetwork(model) if compiled else model
     # A fused score is a mean over the views, so each view keeps its weaker boxes too.
     view_thresh = min(score_thresh, TTA_VIEW_THRESH) if test_time_augmentation else score_thresh
 
@@ -184,7 +191,7 @@ def network_runner(
             if cast_once:
                 output = torch.func.functional_call(model, cast_weights, (crops,), strict=False)
             else:
-                output = model(crops)
+                output = network(crops)
         if output[0].shape[1] != len(anchors):
             raise ValueError(
                 f"the network gives {output[0].shape[1]} anchors per {chip_size} px chip but anchors has "
@@ -278,6 +285,7 @@ def predict_tiles(
     max_detections: int | None = None,
     edge_tolerance: float | None = EDGE_TOLERANCE,
     test_time_augmentation: bool = False,
+    compiled: bool = False,
 ) -> ImageDetections:
     """Detects objects in an image of any size with a RetinaNet network, window by window.
 
@@ -313,6 +321,7 @@ def predict_tiles(
         max_detections: most detections returned for the image; all when None (the default).
         edge_tolerance: pixels, see :func:`~geolearn.inference.window_merge.seam_filter`; None keeps boxes cut by seams. Default 2.
         test_time_augmentation: see :func:`network_runner`. Default False.
+        compiled: see :func:`network_runner`. Default False.
 
     Returns:
         :class:`ImageDetections` — boxes float32 xyxy in image pixels, labels 1..C, scores — best first.
@@ -338,6 +347,7 @@ def predict_tiles(
     run_batch = network_runner(
         model, anchors, chip_size, score_thresh=score_thresh, nms_overlap=nms_overlap,
         class_agnostic=class_agnostic, autocast_dtype=autocast_dtype, test_time_augmentation=test_time_augmentation,
+        compiled=compiled,
     )
     was_training = model.training
     model.eval()

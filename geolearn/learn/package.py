@@ -63,6 +63,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from geolearn.cache import cache_root
 from geolearn.errors import ModelDefinitionError, OutputExistsError, OutputNotWritableError
 from geolearn.learn import distributed
 from geolearn.learn.emd import ARCGIS_INFERENCE_FUNCTION, INFERENCE_FUNCTION, MODEL_NAME, read_emd
@@ -99,11 +100,8 @@ _STALE_SECONDS = 3600
 
 
 def _cache_dir() -> Path:
-    """Where .dlpk archives are extracted: ``$GEOLEARN_CACHE_DIR`` or ``<user cache>/geolearn``."""
-    if os.environ.get("GEOLEARN_CACHE_DIR"):
-        return Path(os.environ["GEOLEARN_CACHE_DIR"]) / "dlpk"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "geolearn" / "dlpk"
+    """Where .dlpk archives are extracted: ``dlpk`` in :func:`~geolearn.cache.cache_root`."""
+    return cache_root() / "dlpk"
 
 
 def _sha256(path: Path) -> str:

@@ -40,14 +40,8 @@ from geolearn.models.anchors import make_anchors, suggest_anchors
 from geolearn.models.backbones import BACKBONES
 from geolearn.models.loss import RetinaNetLoss
 from geolearn.models.retinanet import build_retinanet
-from geolearn.viz import (
-    plot_detections,
-    plot_ground_truth_and_predictions,
-    plot_losses,
-    plot_lr_find,
-    resolve_rgb_bands,
-    show_figure,
-)
+from geolearn.viz import (plot_detections, plot_ground_truth_and_predictions, plot_losses, plot_lr_find,
+                          resolve_rgb_bands, show_figure)
 
 # fastai (and geolearn.learn.callbacks, built on it) is imported inside the training methods only:
 # a model that only predicts (from_model + predict/detect_objects, e.g. on Dask workers) then
@@ -548,6 +542,7 @@ class RetinaNet:
         resize: bool = False,
         batch_size: int = 1,
         test_time_augmentation: bool = False,
+        compiled: bool = False,
     ):
         """Detects objects in one image of any size.
 
@@ -566,6 +561,7 @@ class RetinaNet:
             batch_size: chips per forward pass.
             test_time_augmentation: look at each chip in its 8 orientations (turned and
                 mirrored) and fuse what they find: steadier boxes and scores, 8 times the time.
+            compiled: run the network compiled by ``torch.compile`` (see :meth:`detect_objects`).
 
         Returns:
             ``(boxes, labels, scores)`` — boxes as ``[xmin, ymin, width, height]`` in image
@@ -574,7 +570,8 @@ class RetinaNet:
         pixels = image_pixels(image_path, self._config)
         found = predict_image(self.model, self._config, self.anchors, pixels, threshold=threshold,
                               nms_overlap=nms_overlap, resize=resize, batch_size=batch_size,
-                              autocast_dtype=self._precision_dtype(), test_time_augmentation=test_time_augmentation)
+                              autocast_dtype=self._precision_dtype(), test_time_augmentation=test_time_augmentation,
+                              compiled=compiled)
         image_boxes = found.image_boxes
         if visualize:
             self.predict_figure = plot_detections(self._config.normalization.scale(pixels)[self._rgb_bands()],
@@ -603,6 +600,7 @@ class RetinaNet:
         progress: bool = True,
         overwrite: bool = False,
         test_time_augmentation: bool = False,
+        compiled: bool = False,
     ) -> gpd.GeoDataFrame:
         """Detects objects over a whole raster of any size; georeferenced polygons, like ArcGIS's tool.
 
@@ -641,6 +639,9 @@ class RetinaNet:
             overwrite: replace an existing ``out_path``.
             test_time_augmentation: look at each window in its 8 orientations (turned and
                 mirrored) and fuse what they find (:mod:`geolearn.models.tta`): 8 times the time.
+            compiled: run the network compiled by ``torch.compile`` (:mod:`geolearn.models.compiled`):
+                compiling takes 10–60 s (less from its disk cache), so it pays on large rasters
+                only; where it fails, a warning, and the network runs as it is.
 
         Returns:
             ``GeoDataFrame`` in the raster's CRS: ``Class`` (class name), ``Confidence``
@@ -656,8 +657,7 @@ class RetinaNet:
             self, raster, out_path, threshold=threshold, nms_overlap=nms_overlap, padding=padding,
             batch_size=batch_size, exclude_pad_detections=exclude_pad_detections, merge=merge,
             class_agnostic=class_agnostic, bands=bands, progress=progress, overwrite=overwrite,
-            test_time_augmentation=test_time_augmentation,
-        )
+            test_time_augmentation=test_time_augmentation, compiled=compiled)
 
     def _rgb_bands(self) -> list[int]:
         if self._data is not None:
