@@ -64,7 +64,7 @@ def worker(batches: int, compiled: bool) -> None:
             run(images)
             seconds.append(time.perf_counter() - start)
     print(json.dumps({"seconds": seconds[1:], "first_s": seconds[0], "threads": torch.get_num_threads(),
-                      "dtype": str(dtype), "flops": network_flops(network, images),
+                      "dtype": "bf16" if dtype is torch.bfloat16 else "fp32", "flops": network_flops(network, images),
                       "matmul_flops_per_s": matmul_rate(dtype or torch.float32)}))
 
 
