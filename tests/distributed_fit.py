@@ -4,8 +4,8 @@
 
 Each rank writes ``OUT/rank<r>.json``: the rate its ``lr_find`` returned, the chip indices it trained on per epoch, digests of the generators its first epoch's augmentations draw from, a digest of its
 weights after ``fit`` (and after one more epoch without a checkpoint, and after a fit cut by a
-time budget, with its epoch count), the epoch table's rows,
-and the folder ``save`` returned. With
+time budget, with its epoch count), the epoch table's rows, the folder ``save`` returned, and the
+classes of the network's BatchNorm layers after a fit that raised an error. With
 ``--mismatch`` rank 1 reads the chips with another split seed, as a node with other data would,
 and each rank writes the error it raised to ``OUT/rank<r>.error``; with ``--missing`` rank 1 is
 given a data folder that does not exist.
@@ -47,6 +47,13 @@ class RecordShards(Callback):
             self.epochs.append([index for step in self.learn.dl._steps for index in step])
 
 
+class FailAfterOneBatch(Callback):
+    """Raises after the first training step, on every rank alike: an error in the middle of a fit."""
+
+    def after_step(self):
+        raise RuntimeError("stopped by the test")
+
+
 def _digest(model) -> str:
     """A digest of the network's parameters and buffers (BatchNorm statistics included)."""
     state = model.model.state_dict().values()
@@ -81,6 +88,15 @@ def main(chips: str, out: str, mismatch: bool, missing: bool) -> None:
     record = {"shards": shards.epochs, "draws": shards.draws, "weights": weights, "rows": rows, "folder": str(folder),
               "train_chips": len(data.train_ds), "weights_without_checkpoint": without_checkpoint, "lr_find": found,
               "timed_epochs": len(model.learn.recorder.values), "weights_after_time_budget": _digest(model)}
+    model.learn.add_cb(FailAfterOneBatch())
+    try:
+        model.fit(1, lr=1e-4, checkpoint=False)
+    except RuntimeError as err:
+        assert "stopped by the test" in str(err), err
+    else:
+        raise AssertionError("the fit did not stop")
+    norms = sorted({type(m).__name__ for m in model.model.modules() if isinstance(m, torch.nn.BatchNorm2d)})
+    record["batch_norms_after_error"] = norms
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
 
 

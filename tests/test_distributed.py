@@ -157,9 +157,15 @@ def test_every_rank_reports_the_single_process_validation_of_the_saved_weights(t
     assert average_precision == pytest.approx(best[2], abs=1e-6)
 
 
+def test_a_fit_stopped_by_an_error_leaves_plain_batch_norm_layers(two_ranks):
+    """fastai runs no after_fit after an error; the synced layers are made plain all the same."""
+    *_, records = two_ranks
+    assert [record["batch_norms_after_error"] for record in records] == [["BatchNorm2d"], ["BatchNorm2d"]]
+
+
 def test_one_table_and_one_package(two_ranks):
     _, out, stdout, records = two_ranks
-    assert stdout.count("train_loss") == 3  # one table per fit, rank 0's
+    assert stdout.count("train_loss") == 4  # one table per fit (the last stopped by an error), rank 0's
     assert stdout.count("Better model found at epoch 0") == 1
     assert records[0]["folder"] == records[1]["folder"] == str(out / "model")
     assert sorted(p.name for p in out.iterdir()) == ["model", "rank0.json", "rank1.json"]  # no staging left

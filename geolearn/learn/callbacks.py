@@ -455,6 +455,7 @@ class DistributedTraining(Callback):
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.unsync: Callable[[], None] | None = None
 
     def before_fit(self) -> None:
         """Syncs the BatchNorm layers, wraps the model, agrees on a shuffle seed and shards the loaders."""
@@ -503,8 +504,15 @@ class DistributedTraining(Callback):
     def after_fit(self) -> None:
         """Puts the bare model, with plain BatchNorm layers and rank 0's statistics, back in ``learn.model``."""
         self.learn.model = self.bare
-        self.unsync()
+        self.restore_batch_norms()
         distributed.broadcast_module(self.bare, buffers_only=True)
+
+    def restore_batch_norms(self) -> None:
+        """Makes the synced BatchNorm layers plain ``nn.BatchNorm2d`` again, once; no communication,
+        so it is safe after an error too, when fastai skips ``after_fit``."""
+        if self.unsync is not None:
+            self.unsync()
+            self.unsync = None
 
 
 def _draw_apart(dataset, rank: int) -> None:

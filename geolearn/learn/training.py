@@ -282,7 +282,7 @@ def training_processes(learn: Learner, data) -> Iterator[list[Callback]]:
     rank's device, the ranks' versions and chips compared, fastai kept blind to the launch
     (:mod:`geolearn.learn.distributed` says why), the standard output of ranks > 0 silenced,
     and ``[DistributedTraining]`` yielded. On the way out ``learn.model`` is the bare network
-    again, even after an error.
+    again, its BatchNorm layers plain ``nn.BatchNorm2d``, even after an error.
 
     Raises:
         DistributedSetupError: the other processes are not reached, or differ.
@@ -301,8 +301,10 @@ def training_processes(learn: Learner, data) -> Iterator[list[Callback]]:
         learn.dls.to(device)
     distributed.check_same_setup(data)
     distributed.training_steps(range(len(data.train_ds)), data.batch_size, distributed.world_size(), 0)  # refused now, not mid-fit
+    callback = DistributedTraining(device)
     try:
         with distributed.fastai_single_process(), distributed.quiet_unless_main():
-            yield [DistributedTraining(device)]
+            yield [callback]
     finally:
+        callback.restore_batch_norms()  # fastai runs no after_fit after an error
         learn.model = bare
