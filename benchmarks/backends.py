@@ -134,14 +134,14 @@ def main() -> None:
         print("openvino is not installed: pip install openvino")
 
     scores = torch.cat([output[0].flatten() for output in runs["torch fp32"][0]]).sigmoid()
-    args.threshold = float(torch.quantile(scores, 1 - args.top))
-    reference = detections(runs["torch fp32"][0], model.anchors, args.threshold)
+    threshold = float(torch.quantile(scores, 1 - args.top))
+    reference = detections(runs["torch fp32"][0], model.anchors, threshold)
     print(f"RetinaNet ResNet-50 (detect.py's package), {args.windows} windows of 512 px, batch {BATCH}, "
-          f"threshold {args.threshold:.4f} (top {args.top:.1%} of fp32's scores); {machine()['cpu']}, "
+          f"threshold {threshold:.4f} (top {args.top:.1%} of fp32's scores); {machine()['cpu']}, "
           f"{torch.get_num_threads()} threads")
     table = {}
     for name, (outputs, first_s, median_s, convert_s) in runs.items():
-        boxes, matched, found_ref = agreement(detections(outputs, model.anchors, args.threshold), reference)
+        boxes, matched, found_ref = agreement(detections(outputs, model.anchors, threshold), reference)
         total_ref = sum(len(d.chip_boxes) for d in reference)
         table[name] = {"median_s_per_batch": round(median_s, 3), "first_s": round(first_s + convert_s, 1),
                        "windows_per_s": round(BATCH / median_s, 2), "boxes": boxes,

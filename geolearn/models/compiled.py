@@ -81,7 +81,6 @@ class CompiledNetwork:
             compiler = _inductor_frozen
         self._compiled: Callable | None = compiler(network)
         self.batch: int | None = None
-        self.batch_calls = 0
 
     @property
     def is_compiled(self) -> bool:
@@ -91,13 +90,12 @@ class CompiledNetwork:
     def __call__(self, images: Tensor) -> Tensor | list[Tensor]:
         if self._compiled is None:
             return self.network(images)
-        count = len(images)
+        count, first = len(images), self.batch is None
         self.batch = max(self.batch or 0, count)
         # Always a new tensor made here: the compiled graph is guarded on its input's kind (an
         # inference-mode tensor or not) as well as its shape, and each mismatch compiles again.
         filler = images.new_zeros((self.batch - count, *images.shape[1:]))
         padded = torch.cat([images, filler]).contiguous(memory_format=_memory_format(images))
-        first = self.batch_calls == 0
         start = time.perf_counter()
         try:
             output = self._compiled(padded)
@@ -109,7 +107,6 @@ class CompiledNetwork:
                           "it runs uncompiled. Compiling needs a C++ compiler (gcc or clang) on the PATH.",
                           RuntimeWarning, stacklevel=2)
             return output
-        self.batch_calls += 1
         if first:
             logger.info("compiled the network for batches of %d in %.0f s (cache: %s)", self.batch,
                         time.perf_counter() - start, os.environ.get(CACHE_VARIABLE))
