@@ -10,6 +10,8 @@ through:
 
 * ``torch fp32`` — the reference;
 * ``torch bf16`` — autocast (what geolearn runs where the CPU is fast at bf16);
+* ``torch folded`` — :func:`geolearn.models.folding.inference_network` (batch norms folded into the
+  convolutions, weights cast once), in the machine's precision: what detection runs uncompiled;
 * ``torch compiled`` — :class:`geolearn.models.compiled.CompiledNetwork`, in the machine's precision;
 * ``openvino`` — OpenVINO's CPU plugin on the converted network, at its default precision hint for
   this CPU (bf16 where the CPU has it, else f32), when the ``openvino`` package is installed.
@@ -40,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from geolearn.learn.retinanet import RetinaNet  # noqa: E402
 from geolearn.models.compiled import CompiledNetwork  # noqa: E402
+from geolearn.models.folding import inference_network  # noqa: E402
 from geolearn.models.postprocess import detect  # noqa: E402
 from geolearn.models.precision import resolve_precision  # noqa: E402
 
@@ -125,6 +128,7 @@ def main() -> None:
     runs = {}
     with torch.inference_mode():
         for name, run, precision in (("torch fp32", network, None), ("torch bf16", network, torch.bfloat16),
+                                     (f"torch folded {machine_precision}", inference_network(network, dtype), dtype),
                                      (f"torch compiled {machine_precision}", CompiledNetwork(network), dtype)):
             runs[name] = (*timed(lambda batch: _autocast(run, precision, batch), batches), 0.0)
     try:

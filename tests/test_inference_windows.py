@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from rasterio.windows import Window
+from torchvision.ops import box_iou
 
 from geolearn.data.tiling import chip_windows
 from geolearn.models.anchors import make_anchors
@@ -319,8 +320,9 @@ def test_real_network_refuses_wrong_anchors_and_integer_images(random_retinanet,
         predict_tiles(random_retinanet, torch.zeros(3, 256, 256, dtype=torch.uint8), make_anchors(256), 256)
 
 
-def test_bf16_runner_casts_weights_once_and_matches_plain_autocast():
-    """The CPU bf16 runner (convolution weights cast once) finds exactly what autocast over the model finds."""
+def test_bf16_runner_matches_plain_autocast():
+    """The CPU bf16 runner (batch norms folded, convolution weights cast once: geolearn.models.folding)
+    finds what autocast over the model finds, within bfloat16 rounding."""
     from geolearn.models.postprocess import detect
 
     torch.manual_seed(0)
@@ -329,13 +331,22 @@ def test_bf16_runner_casts_weights_once_and_matches_plain_autocast():
         torch.nn.init.normal_(head[-1].weight, std=0.05)  # heads that fire on random input
     anchors, crops = make_anchors(64), torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
-        found = network_runner(model, anchors, 64, score_thresh=0.3, autocast_dtype=torch.bfloat16)(crops)
+        # No suppression (overlap 1): which of two overlapping boxes of a random network wins
+        # could turn on a rounding.
+        found = network_runner(model, anchors, 64, score_thresh=0.3, nms_overlap=1.0,
+                               autocast_dtype=torch.bfloat16)(crops)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            expected = detect(model(crops), anchors, 64, score_thresh=0.3, nms_overlap=0.1)
+            expected = detect(model(crops), anchors, 64, score_thresh=0.3, nms_overlap=1.0)
     assert sum(len(d.scores) for d in expected) > 0
+    # bfloat16 rounding moves scores by up to ~0.02: a box that near the threshold may come or go;
+    # every other box is in both, at IoU > 0.9 and with a score within 0.02.
     for got, want in zip(found, expected):
-        torch.testing.assert_close(got.chip_boxes, want.chip_boxes, rtol=0, atol=0)
-        torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=0)
+        for these, those in ((got, want), (want, got)):
+            clear = these.scores > 0.3 + 0.02
+            iou = box_iou(these.chip_boxes[clear], those.chip_boxes)
+            assert (iou.max(dim=1).values > 0.9).all()
+            nearest = those.scores[iou.argmax(dim=1)]
+            torch.testing.assert_close(nearest, these.scores[clear], rtol=0, atol=2e-2)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself is untouched
 
 

@@ -28,10 +28,11 @@ from geolearn.inference.defaults import (
 from geolearn.inference.window_merge import ImageDetections, merge_windows, window_detections
 from geolearn.inference.windows import RunBatch, _padded_hwc, crop_windows, plan_windows
 from geolearn.models.compiled import CompiledNetwork
+from geolearn.models.folding import inference_network
 from geolearn.models.postprocess import Detections, detect
 from geolearn.models.tta import VIEW_THRESH as TTA_VIEW_THRESH, augmented_runner
 
-__all__ = ["detect_windows", "network_runner", "zoomed_runner", "convolution_weights", "predict_tiles"]
+__all__ = ["detect_windows", "network_runner", "zoomed_runner", "predict_tiles"]
 
 
 def detect_windows(
@@ -132,7 +133,9 @@ def network_runner(
     """A RetinaNet network as a ``run_batch``: crops → per-crop detections in chip pixels.
 
     The returned function moves the crops to the model's device, runs the network (under
-    ``torch.autocast`` in ``autocast_dtype`` when given) and decodes its outputs with
+    ``torch.autocast`` in ``autocast_dtype`` when given; prepared at the first batch by
+    :func:`~geolearn.models.folding.inference_network`: batch norms folded into the convolutions,
+    weights cast once) and decodes its outputs with
     :func:`~geolearn.models.postprocess.detect`: each crop thresholded at ``score_thresh`` and
     suppressed within itself at ``nms_overlap``. It does not touch the model's mode or autograd:
     the caller puts the model in eval mode and runs under ``torch.inference_mode()``
@@ -173,25 +176,20 @@ def network_runner(
     """
     device = _device_of(model, torch.device("cpu"))
     anchors = anchors.to(device=device, dtype=torch.float32)
-    # Under CPU autocast every convolution casts its float32 weights to bfloat16 at every call:
-    # ~10 % of a ResNet-50 window's time. Casting them once, here, gives the very same numbers.
-    # (Taken at the first batch, once the caller has set the model's memory format.)
-    cast_weights: dict[str, Tensor] | None = None
-    cast_once = autocast_dtype is torch.bfloat16 and device.type == "cpu" and not compiled  # compiling folds casts
-    network = CompiledNetwork(model) if compiled else model
+    # Compiling folds batch norms and casts weights by itself; otherwise the network is prepared
+    # for inference (geolearn.models.folding) at the first batch, once the caller has put the
+    # model in eval mode and set its memory format.
+    network: nn.Module | CompiledNetwork | None = CompiledNetwork(model) if compiled else None
     # A fused score is a mean over the views, so each view keeps its weaker boxes too.
     view_thresh = min(score_thresh, TTA_VIEW_THRESH) if test_time_augmentation else score_thresh
 
     def run_batch(crops: Tensor) -> list[Detections]:
-        nonlocal cast_weights
+        nonlocal network
         crops = crops.to(device, non_blocking=True)
-        if cast_once and cast_weights is None:
-            cast_weights = convolution_weights(model, autocast_dtype)
+        if network is None:
+            network = model if model.training else inference_network(model, autocast_dtype)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            if cast_once:
-                output = torch.func.functional_call(model, cast_weights, (crops,), strict=False)
-            else:
-                output = network(crops)
+            output = network(crops)
         if output[0].shape[1] != len(anchors):
             raise ValueError(
                 f"the network gives {output[0].shape[1]} anchors per {chip_size} px chip but anchors has "
@@ -242,31 +240,6 @@ def zoomed_runner(run_batch: RunBatch, window_size: int, chip_size: int) -> RunB
         return [Detections(d.chip_boxes * scale, d.labels, d.scores) for d in found]
 
     return run_zoomed
-
-
-def convolution_weights(model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
-    """The weights and biases of the model's convolutions, cast to ``dtype`` (detached copies).
-
-    Passed to ``torch.func.functional_call`` under autocast, they spare autocast casting the
-    same weights again at every call; every other parameter and buffer stays the model's own.
-
-    Args:
-        model: any module.
-        dtype: e.g. ``torch.bfloat16``.
-
-    Returns:
-        ``{state_dict key: tensor}`` for the parameters of every ``nn.Conv2d``, memory format kept.
-
-    Examples:
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-        >>> {name: w.dtype for name, w in convolution_weights(net, torch.bfloat16).items()}
-        {'0.weight': torch.bfloat16, '0.bias': torch.bfloat16}
-    """
-    return {
-        f"{prefix}.{name}" if prefix else name: weight.detach().to(dtype)
-        for prefix, module in model.named_modules() if isinstance(module, nn.Conv2d)
-        for name, weight in module.named_parameters(recurse=False)
-    }
 
 
 def predict_tiles(
