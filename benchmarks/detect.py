@@ -32,6 +32,11 @@ at confidence 0.5 and adjacent windows overlapping by 128 px (25 %):
   ``deepforest-window`` (not run by default) is its streaming ``dataloader_strategy='window'``.
 * ``geolearn-compiled`` (not run by default): ``geolearn`` with ``detect_objects(..., compiled=True)``;
   its seconds include compiling the network (from inductor's disk cache after the first run).
+* ``geolearn-openvino`` (not run by default): ``geolearn``'s pipeline with the network run by
+  OpenVINO's CPU plugin (converted at the first batch, at the plugin's default precision for the
+  CPU; a short last batch padded to a full one), put in place of
+  :func:`geolearn.inference.runner.network_runner` in the child: issue 17's candidate backend,
+  measured over the whole raster before any is shipped. Needs ``pip install openvino``.
 * ``geolearn-release`` (not run by default): ``geolearn`` as of ``--release REF`` (default
   ``RELEASE``, main before issue 17's speed work), taken from git with ``git archive`` into
   ``benchmarks/_work/release-REF``: the "against its current release" figure, in the same run.
@@ -88,7 +93,7 @@ TILE_OFFSET = 256  # where the crop starts in the 2560 x 2560 sample scene (all 
 # raster as geolearn's network (1467 against 1405), so both merge as much.
 TORCHVISION_CLS_BIAS = -0.47
 
-ALL_TOOLS = ["geolearn", "geolearn-compiled", "geolearn-release", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"]
+ALL_TOOLS = ["geolearn", "geolearn-compiled", "geolearn-openvino", "geolearn-release", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"]
 DEFAULT_TOOLS = ["geolearn", "torchvision", "sahi", "deepforest"]
 COMPETITORS = {"sahi", "deepforest", "deepforest-window"}  # run in the competitors' venv
 WHOLE_IMAGE = {"sahi", "deepforest"}  # load the whole raster into memory
@@ -217,6 +222,55 @@ def child_geolearn(raster: Path, warmup: Path, package: Path, compiled: bool = F
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "boxes": len(frame), "rss_ready_mib": ready,
                 "precision": "bf16" if dtype == torch.bfloat16 else "fp32", "version": _version("geolearn")}
+
+
+def openvino_network_runner(model, anchors, chip_size, *, score_thresh, nms_overlap, class_agnostic, **_):
+    """geolearn's ``network_runner`` with the network run by OpenVINO (the ``geolearn-openvino`` tool)."""
+    import openvino as ov
+    import torch
+    from geolearn.models.postprocess import detect
+
+    runs = {}
+
+    def run_batch(crops):
+        if "network" not in runs:  # converted at the first batch, at its size: one static shape
+            start = time.perf_counter()
+            runs["network"] = ov.Core().compile_model(ov.convert_model(model, example_input=crops), "CPU")
+            runs["size"], runs["convert_s"] = len(crops), time.perf_counter() - start
+            runs["hint"] = str(runs["network"].get_property("INFERENCE_PRECISION_HINT"))
+        padded = torch.zeros((runs["size"], *crops.shape[1:]), dtype=crops.dtype)
+        padded[:len(crops)] = crops
+        result = runs["network"](padded.numpy())
+        output = [torch.from_numpy(result[index])[:len(crops)] for index in range(2)]
+        return detect(output, anchors, chip_size, score_thresh=score_thresh, nms_overlap=nms_overlap,
+                      class_agnostic=class_agnostic)
+
+    run_batch.runs = runs
+    return run_batch
+
+
+def child_openvino(raster: Path, warmup: Path, package: Path) -> dict:
+    import openvino as ov
+
+    from geolearn.inference import predict
+    from geolearn.learn.retinanet import RetinaNet
+
+    runners = []
+
+    def runner(*args, **kwargs):
+        runners.append(openvino_network_runner(*args, **kwargs))
+        return runners[-1]
+
+    predict.network_runner = runner  # the rest of detect_objects is geolearn's own
+    model = RetinaNet.from_model(package)
+    model.detect_objects(warmup, progress=False)
+    ready = _rss_mib()
+    start = time.perf_counter()
+    frame = model.detect_objects(raster, progress=False)
+    seconds = time.perf_counter() - start
+    runs = runners[-1].runs
+    return {"seconds": seconds, "boxes": len(frame), "rss_ready_mib": ready, "convert_s": runs["convert_s"],
+            "precision": runs["hint"], "version": ov.__version__.split("-")[0]}
 
 
 def _window_offsets(size: int, stride: int) -> list[int]:
@@ -368,6 +422,8 @@ def child_main(args: argparse.Namespace) -> None:
     # stdout belongs to the tools (DeepForest and SAHI print); the figures go to a file.
     if args.tool in ("geolearn", "geolearn-compiled", "geolearn-release"):
         figures = child_geolearn(raster, warmup, Path(args.package), compiled=args.tool == "geolearn-compiled")
+    elif args.tool == "geolearn-openvino":
+        figures = child_openvino(raster, warmup, Path(args.package))
     elif args.tool in ("torchvision", "torchvision-fp32"):
         figures = child_torchvision(raster, warmup, weights, bf16=args.tool == "torchvision")
     elif args.tool == "sahi":
@@ -578,7 +634,7 @@ def report(results: list[tuple[str, int, dict]], skipped: list[str], size: int, 
     print()
     geolearn = ok.get(("geolearn", size))
     if geolearn is not None:
-        for tool in ("geolearn-compiled", "geolearn-release", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"):
+        for tool in ("geolearn-compiled", "geolearn-openvino", "geolearn-release", "torchvision", "torchvision-fp32", "sahi", "deepforest", "deepforest-window"):
             other = ok.get((tool, size))
             if other is None:
                 continue
@@ -612,7 +668,8 @@ if __name__ == "__main__":
         for option in ("--raster", "--warmup", "--package", "--weights", "--out", "--code"):
             child_parser.add_argument(option)
         child_args = child_parser.parse_args()
-        if child_args.tool in ("geolearn", "geolearn-compiled", "geolearn-release", "torchvision", "torchvision-fp32", "prepare"):
+        if child_args.tool in ("geolearn", "geolearn-compiled", "geolearn-openvino", "geolearn-release", "torchvision",
+                               "torchvision-fp32", "prepare"):
             sys.path.insert(0, child_args.code or str(REPO))  # geolearn from a checkout, without installing
         child_main(child_args)
         # Skip interpreter teardown: unloading torch briefly adds RSS that has nothing to do with

@@ -14,11 +14,25 @@ size, so their ratios hold on a shared, noisy machine:
 
 Goals: fit / bare >= 0.9 and bf16 / fp32 >= 2.5 (on CPUs with AMX/AVX512-BF16).
 The sample scene is exported to ``benchmarks/_work/`` once (git-ignored).
+
+    python benchmarks/train_speed.py --threads [--compiled] [--log]
+
+``--threads`` asks issue 17's thread and compile questions of training instead, in the machine's
+precision (bf16 where the CPU is fast at it, else fp32): ``fit`` and ``bare`` with OpenMP's wait
+policy left at libgomp's default and with ``OMP_WAIT_POLICY=PASSIVE`` (what importing geolearn
+sets), each in its own fresh process (libgomp reads the policy once, when torch loads), on an idle
+machine and then beside one busy process (a Python loop on one core); ``--compiled`` adds the bare
+loop with the network through ``torch.compile`` (PASSIVE), its first batches (the compilation)
+timed apart. Printed per load: images/s and default / setting; ``--log`` appends the run to
+``benchmarks/results/train_speed.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 import warnings
@@ -69,16 +83,19 @@ def fit_speed(data, backbone: str, precision: bool) -> float:
     return timer.images / timer.seconds
 
 
-def bare_speed(data, backbone: str, precision: bool) -> float:
+def bare_speed(data, backbone: str, precision: bool, compiled: bool = False, first: list | None = None) -> float:
+    """Images/s of a plain training loop; ``compiled`` runs the network through ``torch.compile``,
+    and the seconds of the untimed first batch (the compilation) go to ``first``."""
     model = RetinaNet(data, backbone=backbone, pretrained=False).model  # the same network, fresh
     loss_func = RetinaNet(data, backbone=backbone, pretrained=False).loss_func
     model.train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    network = torch.compile(model) if compiled else model
     seconds, images = 0.0, 0
     for i, (xb, boxes, labels) in enumerate(data.train):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision):
-            output = model(xb.as_subclass(torch.Tensor))
+            output = network(xb.as_subclass(torch.Tensor))
         loss = loss_func([o.float() for o in output], boxes, labels)
         loss.backward()
         optimizer.step()
@@ -86,7 +103,72 @@ def bare_speed(data, backbone: str, precision: bool) -> float:
         if i > 0:
             seconds += time.perf_counter() - start
             images += xb.shape[0]
+        elif first is not None:
+            first.append(time.perf_counter() - start)
     return images / seconds
+
+
+# --threads: each (loop, wait policy) in a fresh process, idle and beside a busy one.
+OPENMP_WAITING = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+THREAD_SETTINGS = {"fit default": ("fit", {}), "fit PASSIVE": ("fit", {"OMP_WAIT_POLICY": "PASSIVE"}),
+                   "bare default": ("bare", {}), "bare PASSIVE": ("bare", {"OMP_WAIT_POLICY": "PASSIVE"})}
+COMPILED_SETTING = {"bare PASSIVE compiled": ("bare-compiled", {"OMP_WAIT_POLICY": "PASSIVE"})}
+
+
+def threads_worker(loop: str, data, backbone: str) -> None:
+    """One loop's images/s in this process, as a JSON line."""
+    from geolearn.models.precision import resolve_precision
+
+    precision = resolve_precision(None, torch.device("cpu")) is torch.bfloat16
+    first: list[float] = []
+    if loop == "fit":
+        speed = fit_speed(data, backbone, precision)
+    else:
+        speed = bare_speed(data, backbone, precision, compiled=loop == "bare-compiled", first=first)
+    print(json.dumps({"images_per_s": speed, "first_s": first[0] if first else None,
+                      "precision": "bf16" if precision else "fp32", "threads": torch.get_num_threads()}))
+
+
+def threads_run(args: argparse.Namespace) -> None:
+    """Runs every setting idle, then beside a busy process; prints and optionally logs the table."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from runlog import append, git_commit, machine
+
+    commit = git_commit("benchmarks/train_speed.py")
+    chosen = THREAD_SETTINGS | (COMPILED_SETTING if args.compiled else {})
+    base = [sys.executable, __file__, "--backbone", args.backbone, "--chip-size", str(args.chip_size),
+            "--batch-size", str(args.batch_size), "--batches", str(args.batches)]
+
+    def run(loop: str, variables: dict[str, str]) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAITING} | variables
+        done = subprocess.run([*base, "--worker", loop], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    table = {"idle": {name: run(*setting) for name, setting in chosen.items()}}
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        table["busy"] = {name: run(*setting) for name, setting in chosen.items()}
+    finally:
+        busy.kill()
+    print(f"backbone {args.backbone}, chip {args.chip_size} px, batch {args.batch_size}, {args.batches} batches "
+          f"per measurement; {machine()['cpu']}, {os.cpu_count()} cores")
+    for load, rows in table.items():
+        for name, row in rows.items():
+            if "error" in row:
+                print(f"{load:5s} {name:22s} failed: {row['error']}")
+                continue
+            default = rows[f"{name.split()[0]} default"]  # the same loop, libgomp's default policy
+            row["over_default"] = (round(row["images_per_s"] / default["images_per_s"], 3)
+                                   if "images_per_s" in default else None)
+            print(f"{load:5s} {name:22s} {row['images_per_s']:6.2f} img/s ({row['precision']})  "
+                  f"this/default {row['over_default']}x"
+                  + (f"  first batch {row['first_s']:.1f} s" if row.get("first_s") is not None else ""))
+    if args.log:
+        append(REPO / "benchmarks" / "results" / "train_speed.jsonl",
+               {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
+                "commit": commit, "machine": machine(), "busy": "one Python loop on one core", "results": table})
 
 
 def main() -> None:
@@ -95,7 +177,13 @@ def main() -> None:
     parser.add_argument("--chip-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=12, help="training batches per measurement")
+    parser.add_argument("--threads", action="store_true", help="wait policies (and --compiled), idle and busy")
+    parser.add_argument("--compiled", action="store_true", help="with --threads: also the bare loop compiled")
+    parser.add_argument("--log", action="store_true", help="with --threads: append to results/train_speed.jsonl")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        return threads_run(args)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
 
@@ -107,6 +195,8 @@ def main() -> None:
     data.valid_ds.images, data.valid_ds.labels = data.valid_ds.images[:args.batch_size], data.valid_ds.labels[:args.batch_size]
     data.train.n, data.valid.n = len(data.train_ds), len(data.valid_ds)  # fastai caches the lengths
 
+    if args.worker:
+        return threads_worker(args.worker, data, args.backbone)
     print(f"backbone {args.backbone}, chip {args.chip_size} px, batch {args.batch_size}, "
           f"{args.batches} batches per measurement, torch {torch.__version__}, {torch.get_num_threads()} threads")
     speeds = {}

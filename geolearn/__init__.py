@@ -12,7 +12,7 @@ from geolearn._version import __version__
 from geolearn import threads as _threads
 
 # Before anything imports torch: libgomp reads its wait policy once, when torch loads it.
-_threads.prefer_passive_waiting()
+_threads.choose_wait_policy()
 
 __all__ = ["prepare_data", "export_training_data", "RetinaNet", "detect_objects", "__version__"]
 
