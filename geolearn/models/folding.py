@@ -2,15 +2,15 @@
 
 In eval mode a ``BatchNorm2d`` right after a convolution is a per-channel scale and shift, which
 can go into that convolution's weights and bias: one pass over the feature map fewer per layer,
-and ResNet-50 has 53 such layers. On 2 cores of an AMD EPYC (float32, 512 px, batch 4) the
-RetinaNet's forward took 2.85 s with them and 2.62 s folded (1.09×), to float32 rounding
-(relative differences of the pyramid's maps ~1e-5). The heads' batch norms come after a ReLU
-and before a zero-padded convolution; folding them would be exact only away from the map's
-border, so they stay.
+and ResNet-50 has 53 such layers. On 2 cores of an AMD EPYC (float32, 512 px, batch 2) the
+RetinaNet's forward ran 1.06 times as fast folded, with the same boxes (docs/performance.md,
+``benchmarks/backends.py``); the pyramid's maps differ by float32 rounding (relative ~1e-5).
+The heads' batch norms come after a ReLU and before a zero-padded convolution; folding them would
+be exact only away from the map's border, so they stay.
 
 :func:`inference_network` builds that network from a model without changing it: containers are
 copied, the convolutions and batch norms are shared. In float32 each :class:`InferenceConv`
-computes its folded weights at every call (~1 % of a forward: keeping them would hold a second
+computes its folded weights at every call (~2 % of a forward: keeping them would hold a second
 copy of the encoder's weights, 94 MB for ResNet-50, against the 1.5 GB memory goal of detection);
 for a lower-precision autocast dtype every convolution's weights are folded and cast once instead,
 since a cast at each call costs about a tenth of a bfloat16 forward.
