@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="append the run to benchmarks/results/backends.jsonl")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from runlog import append, git_commit, machine
+    from runlog import append, git_commit, machine, run_record
 
     if not PACKAGE.exists():
         raise SystemExit(f"{PACKAGE} is missing: run `python benchmarks/detect.py --quick` once to make it")
@@ -154,9 +154,7 @@ def main() -> None:
               f"first {first_s + convert_s:5.1f} s  speed vs fp32 {runs['torch fp32'][2] / median_s:4.2f}x  "
               f"boxes {boxes:5d}  matched {matched}/{boxes}  fp32's found {found_ref}/{total_ref}")
     if args.log:
-        append(REPO / "benchmarks" / "results" / "backends.jsonl",
-               {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
-                "commit": commit, "machine": machine(), "results": table})
+        append(REPO / "benchmarks" / "results" / "backends.jsonl", run_record(commit, results=table))
 
 
 def _autocast(run, dtype, batch):

@@ -596,14 +596,13 @@ def main() -> None:
 def log_run(results: list[tuple[str, int, dict]], args: argparse.Namespace, commit: str) -> None:
     """Appends the run to ``benchmarks/results/detect.jsonl``: per tool and raster its seconds, MP/s,
     boxes and peak RSS (the fastest of the rounds), with the machine, the commit and the load."""
-    from runlog import append, machine
+    from runlog import append, run_record
 
     figures = {f"{tool} {side}": {key: r[key] for key in ("seconds", "mp_s", "boxes", "peak_rss_mib", "precision")}
                for tool, side, r in results if "error" not in r}
-    append(RESULTS, {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
-                     "commit": commit, "machine": machine(), "busy": args.busy,
-                     "release": args.release if "geolearn-release" in (args.tools or "") else None,
-                     "rounds": args.repeat, "results": figures})
+    append(RESULTS, run_record(commit, busy=args.busy,
+                               release=args.release if "geolearn-release" in (args.tools or "") else None,
+                               rounds=args.repeat, results=figures))
 
 
 def report(results: list[tuple[str, int, dict]], skipped: list[str], size: int, large: int) -> None:

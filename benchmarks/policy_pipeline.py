@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +62,7 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="beside one busy process (a Python loop)")
     parser.add_argument("--log", action="store_true", help="append the run to benchmarks/results/threads.jsonl")
     args = parser.parse_args()
-    from runlog import append, git_commit, machine
+    from runlog import append, git_commit, machine, run_record
 
     source, package = WORK / "scene_8192.tif", WORK / "geolearn_resnet50_512"
     if not source.exists() or not package.exists():
@@ -102,9 +101,9 @@ def main() -> None:
               f"{row['speed_over_release_default_median']:.2f} (median)")
     if args.log:
         append(REPO / "benchmarks" / "results" / "threads.jsonl",
-               {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
-                "commit": commit, "machine": machine(), "release": RELEASE, "busy": args.busy,
-                "pipeline": f"detect_objects, {args.size} x {args.size} crop of detect.py's raster", "results": table})
+               run_record(commit, release=RELEASE, busy=args.busy,
+                          pipeline=f"detect_objects, {args.size} x {args.size} crop of detect.py's raster",
+                          results=table))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +38,12 @@ def git_commit(script: str) -> str:
     head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
     dirty = git("diff", "--quiet", "HEAD", "--", "geolearn", script, "setup.cfg").returncode != 0
     return head + ("+dirty" if dirty else "")
+
+
+def run_record(commit: str, **fields) -> dict:
+    """A run's record as the logs keep it: when, the command, the commit, the machine, then ``fields``."""
+    return {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]), "commit": commit,
+            "machine": machine(), **fields}
 
 
 def append(path: Path, record: dict) -> None:

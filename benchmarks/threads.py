@@ -106,7 +106,7 @@ def main() -> None:
     if args.worker:
         return worker(args.batches, args.compiled)
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from runlog import append, git_commit, machine
+    from runlog import append, git_commit, run_record
 
     commit = git_commit("benchmarks/threads.py")  # the code this run starts with
     chosen = settings(args.spin, args.compiled)
@@ -118,10 +118,8 @@ def main() -> None:
         busy.kill()
     summary = report(table)
     if args.log:
-        append(RESULTS, {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
-                         "commit": commit, "machine": machine(),
-                         "network": "RetinaNet ResNet-50 FPN, 512 px, batch 4, forward, bf16 where fast",
-                         "busy": "one Python loop on one core", "results": summary})
+        append(RESULTS, run_record(commit, network="RetinaNet ResNet-50 FPN, 512 px, batch 4, forward, bf16 where fast",
+                                   busy="one Python loop on one core", results=summary))
 
 
 def report(table: dict[str, dict[str, list[dict]]]) -> dict:

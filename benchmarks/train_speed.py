@@ -83,9 +83,9 @@ def fit_speed(data, backbone: str, precision: bool) -> float:
     return timer.images / timer.seconds
 
 
-def bare_speed(data, backbone: str, precision: bool, compiled: bool = False, first: list | None = None) -> float:
-    """Images/s of a plain training loop; ``compiled`` runs the network through ``torch.compile``,
-    and the seconds of the untimed first batch (the compilation) go to ``first``."""
+def bare_speed(data, backbone: str, precision: bool, compiled: bool = False) -> tuple[float, float]:
+    """Images/s of a plain training loop, and the seconds of its untimed first batch (the
+    compilation, where ``compiled`` runs the network through ``torch.compile``)."""
     model = RetinaNet(data, backbone=backbone, pretrained=False).model  # the same network, fresh
     loss_func = RetinaNet(data, backbone=backbone, pretrained=False).loss_func
     model.train().to(memory_format=torch.channels_last)
@@ -103,9 +103,9 @@ def bare_speed(data, backbone: str, precision: bool, compiled: bool = False, fir
         if i > 0:
             seconds += time.perf_counter() - start
             images += xb.shape[0]
-        elif first is not None:
-            first.append(time.perf_counter() - start)
-    return images / seconds
+        else:
+            first_s = time.perf_counter() - start
+    return images / seconds, first_s
 
 
 # --threads: each (loop, wait policy) in a fresh process, idle and beside a busy one.
@@ -120,19 +120,18 @@ def threads_worker(loop: str, data, backbone: str) -> None:
     from geolearn.models.precision import resolve_precision
 
     precision = resolve_precision(None, torch.device("cpu")) is torch.bfloat16
-    first: list[float] = []
     if loop == "fit":
-        speed = fit_speed(data, backbone, precision)
+        speed, first_s = fit_speed(data, backbone, precision), None
     else:
-        speed = bare_speed(data, backbone, precision, compiled=loop == "bare-compiled", first=first)
-    print(json.dumps({"images_per_s": speed, "first_s": first[0] if first else None,
+        speed, first_s = bare_speed(data, backbone, precision, compiled=loop == "bare-compiled")
+    print(json.dumps({"images_per_s": speed, "first_s": first_s,
                       "precision": "bf16" if precision else "fp32", "threads": torch.get_num_threads()}))
 
 
 def threads_run(args: argparse.Namespace) -> None:
     """Runs every setting idle, then beside a busy process; prints and optionally logs the table."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from runlog import append, git_commit, machine
+    from runlog import append, git_commit, machine, run_record
 
     commit = git_commit("benchmarks/train_speed.py")
     chosen = THREAD_SETTINGS | (COMPILED_SETTING if args.compiled else {})
@@ -167,8 +166,7 @@ def threads_run(args: argparse.Namespace) -> None:
                   + (f"  first batch {row['first_s']:.1f} s" if row.get("first_s") is not None else ""))
     if args.log:
         append(REPO / "benchmarks" / "results" / "train_speed.jsonl",
-               {"time": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv]),
-                "commit": commit, "machine": machine(), "busy": "one Python loop on one core", "results": table})
+               run_record(commit, busy="one Python loop on one core", results=table))
 
 
 def main() -> None:
@@ -202,7 +200,7 @@ def main() -> None:
     speeds = {}
     for precision in (True, False):
         name = "bf16" if precision else "fp32"
-        speeds[("bare", name)] = bare_speed(data, args.backbone, precision)
+        speeds[("bare", name)], _ = bare_speed(data, args.backbone, precision)
         speeds[("fit", name)] = fit_speed(data, args.backbone, precision)
         print(f"{name}: model.fit {speeds[('fit', name)]:.2f} img/s, bare loop {speeds[('bare', name)]:.2f} img/s, "
               f"ratio fit/bare {speeds[('fit', name)] / speeds[('bare', name)]:.2f} (goal >= 0.9)")

@@ -26,6 +26,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 __all__ = ["InferenceConv", "inference_network"]
@@ -64,22 +65,18 @@ class InferenceConv(nn.Module):
         if dtype is not None:
             weight, bias = self.folded_weights()
             self.register_buffer("weight", weight.detach().to(dtype), persistent=False)
-            self.register_buffer("bias", bias.detach().to(dtype), persistent=False)
+            self.register_buffer("bias", None if bias is None else bias.detach().to(dtype), persistent=False)
 
-    def folded_weights(self) -> tuple[Tensor, Tensor]:
-        """The weight ``[out, in / groups, k, k]`` and bias ``[out]`` of the one convolution, float32."""
-        weight = self.conv.weight
-        bias = self.conv.bias if self.conv.bias is not None else weight.new_zeros(weight.shape[0])
-        if self.norm is None:
-            return weight, bias
-        norm = self.norm
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = (bias - norm.running_mean) * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        return weight * scale.view(-1, 1, 1, 1), shift
+    def folded_weights(self) -> tuple[Tensor, Tensor | None]:
+        """The weight ``[out, in / groups, k, k]`` and bias ``[out]`` (or None) of the one convolution.
+
+        For inference: the folded weights are new tensors, outside the model's autograd graph.
+        """
+        conv, norm = self.conv, self.norm
+        if norm is None:
+            return conv.weight, conv.bias
+        return fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
+                                    norm.weight, norm.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """``norm(conv(x))`` as one convolution.
